@@ -1,0 +1,88 @@
+# Autoencoders and representations — course tasks.  `make lab` for students, `make test` for CI.
+# Everything lives in the repo: the virtual environment in .venv, Jupyter/IPython/matplotlib state
+# in .cache/ (both git-ignored). The data cache is $AELAB_DATA (default ~/.cache/aelab).
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.installed
+PORT ?= 8888
+ASSIGNMENTS := $(notdir $(wildcard solutions/a[0-9]*))
+
+# Keep Jupyter, IPython and matplotlib state out of the user's home; course/ holds nbgrader_config.py.
+export JUPYTER_CONFIG_DIR := $(CURDIR)/.cache/jupyter/config
+export JUPYTER_DATA_DIR := $(CURDIR)/.cache/jupyter/data
+export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter/runtime
+export JUPYTER_CONFIG_PATH := $(CURDIR)/course
+export IPYTHONDIR := $(CURDIR)/.cache/ipython
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export JUPYTER_PLATFORM_DIRS := 1
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: help setup data lab test test-lib assignments grade feedback export-grades slides bench lock clean
+
+help:
+	@echo "make lab          set up (first time only), prepare the data, start JupyterLab on the course"
+	@echo "make test         set up (first time only) and run the whole test suite"
+	@echo "make setup        create .venv from requirements.lock (idempotent)"
+	@echo "make data         fill the offline data cache"
+	@echo "make assignments  regenerate assignments/ from solutions/ (nbgrader generate_assignment)"
+	@echo "make grade        autograde every submission in submitted/"
+	@echo "make feedback     write feedback HTML to feedback/ and export grades.csv"
+	@echo "make slides       export every lecture to reveal.js HTML in slides/"
+	@echo "make bench        run the benchmarks"
+	@echo "make clean        remove the environment, caches and instructor working state"
+
+$(STAMP): requirements.lock lib/pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else 1)' || \
+	  { echo "Python >= 3.11 is needed (found $$($(PYTHON) --version)); install python3.11 or run: make PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e lib
+	@touch $@
+	@echo "environment ready in $(VENV)"
+
+setup: $(STAMP)
+
+data: setup
+	$(BIN)/python -m aelab.data prepare --all
+
+lab: setup data
+	$(BIN)/jupyter lab --no-browser --port=$(PORT) --ServerApp.root_dir=$(CURDIR) lectures/00_setup_and_tools.ipynb
+
+test: setup data
+	CI=$${CI:-} $(BIN)/python -m pytest tests
+
+test-lib: setup
+	$(BIN)/python -m pytest tests/lib
+
+assignments: setup
+	cd course && for a in $(ASSIGNMENTS); do ../$(BIN)/nbgrader generate_assignment $$a --force || exit 1; done
+
+grade: setup
+	cd course && for a in $(ASSIGNMENTS); do ../$(BIN)/nbgrader autograde $$a || exit 1; done
+
+feedback: setup
+	cd course && for a in $(ASSIGNMENTS); do ../$(BIN)/nbgrader generate_feedback $$a || exit 1; done
+	$(MAKE) export-grades
+
+export-grades: setup
+	cd course && ../$(BIN)/nbgrader export --to ../grades.csv
+	@echo "grades written to grades.csv"
+
+slides: setup
+	mkdir -p slides
+	$(BIN)/jupyter nbconvert --to slides --output-dir slides lectures/*.ipynb
+	@echo "slides written to slides/ (open slides/<lecture>.slides.html)"
+
+bench: setup
+	$(BIN)/python -m aelab.bench
+
+lock:
+	$(BIN)/uv pip compile requirements.in --universal --python-version 3.11 -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache slides submitted autograded feedback gradebook.db grades.csv

@@ -1,0 +1,1 @@
+"""Deterministic autoencoders (lecture 01)."""

@@ -1,0 +1,286 @@
+"""``fit``: the one training loop of the course, for every model.
+
+The loop owns devices, batching, mixed precision, ``torch.compile``, progress bars, logging,
+evaluation, checkpoints and resumption; a model owns its objective through ``loss`` and, when one
+optimizer and one backward pass are not enough, through the ``train_step`` hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from aelab._env import device as default_device
+from aelab.nn.base import Loss
+from aelab.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from aelab.train.history import History
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class StepContext:
+    """What ``train_step`` gets besides the batch.
+
+    ``model`` is the module to call for forward passes (it may be compiled or wrapped, so call it
+    rather than ``self``); ``optimizers`` come from ``configure_optimizers``; ``step`` counts
+    optimisation steps from 0 over the whole run, ``epoch`` epochs.
+    """
+
+    model: nn.Module
+    optimizers: list[torch.optim.Optimizer]
+    step: int = 0
+    epoch: int = 0
+    precision: str = "fp32"
+    device_type: str = "cpu"
+    grad_clip: float | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast when ``precision="bf16"``, else nothing."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def update(self, loss: Tensor, optimizer: int = 0, params: Iterable[nn.Parameter] | None = None) -> None:
+        """zero_grad, backward, optional gradient clipping, optimizer step (of optimizer ``optimizer``)."""
+        opt = self.optimizers[optimizer]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip is not None:
+            if params is None:
+                params = [p for g in opt.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        opt.step()
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def _as_tensors(data: Any) -> tuple[tuple[Tensor, ...], Callable[[tuple[Tensor, ...]], Any]] | None:
+    """(tensors, rebuild) for in-memory data (a tensor or a tuple of tensors), else None."""
+    if isinstance(data, Tensor):
+        return (data,), lambda ts: ts[0]
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
+        n = {t.shape[0] for t in data}
+        if len(n) != 1:
+            raise ValueError(f"all tensors in the data tuple need the same first (example) dimension, got {[tuple(t.shape) for t in data]}")
+        if hasattr(data, "_fields"):  # a NamedTuple such as aelab.data.Split: keep its type and names
+            return tuple(data), lambda ts: type(data)(*ts)
+        return tuple(data), tuple
+    return None
+
+
+def _fits_on(device: torch.device, tensors: Sequence[Tensor]) -> bool:
+    """Whether the whole data set can live on ``device`` (at most a quarter of free GPU memory)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return sum(t.numel() * t.element_size() for t in tensors) < free // 4
+
+
+def fit(
+    model: nn.Module,
+    data: Any,
+    *,
+    epochs: int = 1,
+    max_steps: int | None = None,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    shuffle: bool = True,
+    grad_clip: float | None = None,
+    schedule: Callable[[int], float] | None = None,
+    log_every: int = 10,
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    eval_every: int | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    callbacks: Sequence[Callable[[StepContext, Loss], None]] = (),
+) -> History:
+    """Train ``model`` in place on ``data`` and return the ``History`` of its loss terms.
+
+    data: a tensor ``(N, ...)``, a tuple/NamedTuple of tensors sharing N (batches keep that type;
+        models read ``batch[0]``), or any iterable of batches (a DataLoader) for data that does not
+        fit in memory. In-memory data is moved to the device once and batches are sliced there.
+    epochs / max_steps: run ``epochs`` passes, or stop after ``max_steps`` optimisation steps.
+    precision: "fp32" or "bf16" (autocast on CPU or CUDA). compile: wrap the forward in torch.compile.
+    schedule: learning-rate multiplier as a function of the step (see ``aelab.train.schedules``).
+    log_every: steps between history rows (each row averages the loss terms since the last).
+    eval_fn / eval_every: ``eval_fn(model) -> dict`` in eval mode under no_grad every ``eval_every``
+        steps (default: at the end of each epoch).
+    checkpoint / checkpoint_every: a file path; saved every ``checkpoint_every`` steps (default: each
+        epoch end) and at the end, atomically. With ``resume=True`` an existing checkpoint there is
+        loaded first and training continues exactly where it stopped.
+    callbacks: ``callback(ctx, loss)`` after every step.
+
+    A NaN or infinite loss raises ``NonFiniteLossError`` naming the step and the last good checkpoint.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if batch_size < 1 or epochs < 0 or (max_steps is not None and max_steps < 0):
+        raise ValueError(f"need batch_size >= 1, epochs >= 0, max_steps >= 0; got {batch_size}, {epochs}, {max_steps}")
+    dev = torch.device(device) if device is not None else default_device()
+    model.to(dev)
+    optimizers = model.configure_optimizers(lr)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+
+    in_memory = _as_tensors(data)
+    if in_memory is not None:
+        tensors, rebuild = in_memory
+        if tensors[0].shape[0] == 0:
+            raise ValueError("the data set is empty")
+        on_device = _fits_on(dev, tensors)
+        tensors = tuple(t.to(dev, non_blocking=True) if on_device else (t.pin_memory() if dev.type == "cuda" else t) for t in tensors)
+        n = tensors[0].shape[0]
+        steps_per_epoch = math.ceil(n / batch_size)
+    else:
+        if not isinstance(data, Iterable):
+            raise TypeError(f"data must be a tensor, a tuple of tensors or an iterable of batches, got {type(data).__name__}")
+        on_device = False
+        try:
+            steps_per_epoch = len(data)
+        except TypeError:
+            steps_per_epoch = None
+    total = max_steps if max_steps is not None else (epochs * steps_per_epoch if steps_per_epoch is not None else None)
+    if total is None:
+        raise ValueError("data has no length: pass max_steps")
+
+    shuffle_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+    history = History()
+    state = TrainState()
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    last_good: Path | None = None
+    if ckpt_path is not None and resume and ckpt_path.exists():
+        state, hist, rng = load_checkpoint(ckpt_path, model, optimizers)
+        history = History.from_dict(hist)
+        shuffle_gen.set_state(rng)
+        last_good = ckpt_path
+
+    epoch_rng = shuffle_gen.get_state()  # the permutation of the current epoch is drawn from this
+
+    ctx = StepContext(
+        model=torch.compile(model) if compile else model,
+        optimizers=optimizers,
+        step=state.step,
+        epoch=state.epoch,
+        precision=precision,
+        device_type=dev.type,
+        grad_clip=grad_clip,
+    )
+
+    def save() -> None:
+        nonlocal last_good
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, model, optimizers, state, history.to_dict(), epoch_rng)
+            last_good = ckpt_path
+
+    def evaluate() -> None:
+        if eval_fn is None:
+            return
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            result = eval_fn(model)
+        model.train(was_training)
+        history.evals.append({"step": state.step, "epoch": state.epoch, **{k: float(v) for k, v in result.items()}})
+
+    def batches():
+        """Yield the remaining batches of the current epoch (skipping those done before a resume)."""
+        if in_memory is not None:
+            shuffle_gen.set_state(epoch_rng)
+            order = torch.randperm(n, generator=shuffle_gen) if shuffle else torch.arange(n)
+            order = order.to(dev) if on_device else order
+            for b in range(state.batch_in_epoch, steps_per_epoch):
+                idx = order[b * batch_size:(b + 1) * batch_size]
+                yield rebuild(tuple(t.index_select(0, idx) if on_device else t[idx].to(dev, non_blocking=True) for t in tensors))
+        else:
+            for b, batch in enumerate(data):
+                if b < state.batch_in_epoch:
+                    continue
+                yield _to_device(batch, dev)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=min(state.step, total), desc=getattr(model, "name", type(model).__name__), disable=not progress, leave=True)
+    sums: dict[str, Tensor] = {}
+    count = 0
+    model.train()
+    try:
+        while state.step < total:
+            for batch in batches():
+                if state.step >= total:
+                    break
+                if schedule is not None:
+                    mult = schedule(state.step)
+                    for opt in optimizers:
+                        for group in opt.param_groups:
+                            group["lr"] = group["initial_lr"] * mult
+                ctx.step, ctx.epoch = state.step, state.epoch
+                loss = model.train_step(batch, ctx)
+                if not torch.isfinite(loss.total.detach()):
+                    where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved (pass checkpoint=... to keep one)"
+                    raise NonFiniteLossError(
+                        f"{getattr(model, 'name', 'model')}: the loss became {loss.total.item()} at step {state.step} "
+                        f"(epoch {state.epoch}); {where}. Try a lower learning rate, grad_clip=1.0, or check the data for NaNs."
+                    )
+                for k, v in loss.terms.items():
+                    v = v.detach().float()
+                    sums[k] = sums[k] + v if k in sums else v
+                count += 1
+                state.step += 1
+                state.batch_in_epoch += 1
+                for cb in callbacks:
+                    cb(ctx, loss)
+                if state.step % log_every == 0 or state.step == total:
+                    row = {k: (v / count).item() for k, v in sums.items()}
+                    history.logs.append({"step": state.step, "epoch": state.epoch, **row})
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()}, refresh=False)
+                    sums, count = {}, 0
+                bar.update(1)
+                if eval_every and state.step % eval_every == 0:
+                    evaluate()
+                if checkpoint_every and state.step % checkpoint_every == 0:
+                    save()
+            else:  # the epoch ran to its end
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                epoch_rng = shuffle_gen.get_state()
+                if not eval_every:
+                    evaluate()
+                if not checkpoint_every:
+                    save()
+                continue
+            break  # max_steps reached mid-epoch
+        if eval_fn is not None and (not history.evals or history.evals[-1]["step"] != state.step):
+            evaluate()
+        save()
+    finally:
+        bar.close()
+    model.eval()
+    return history
+
+
+def _to_device(batch: Any, dev: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(dev, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        moved = [_to_device(b, dev) for b in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, dev) for k, v in batch.items()}
+    return batch
