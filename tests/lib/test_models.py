@@ -1,0 +1,152 @@
+"""Every registered model: shapes, finite loss, learning, save/load, clear errors on bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import aelab
+from aelab.registry import get
+
+# Small configurations per model so the whole file stays fast; a model without an entry is built
+# with its defaults. Each model must accept the input shape of its Config.
+SMALL: dict[str, list[dict]] = {
+    "ae": [dict(hidden=(64,), latent_dim=8), dict(backbone="conv", hidden=(32,), channels=8, latent_dim=4, k=2),
+           dict(linear=True, hidden=(), latent_dim=5, likelihood="gaussian"), dict(hidden=(32,), l1=0.1, noise_std=0.2, mask_prob=0.1)],
+    "vae": [dict(hidden=(64,), latent_dim=4), dict(backbone="conv", hidden=(32,), channels=8, latent_dim=3),
+            dict(hidden=(64,), latent_dim=2, likelihood="gaussian", learn_sigma=True),
+            dict(hidden=(32,), input_shape=(1, 64, 64), backbone="conv", channels=4, binarize=True)],
+}
+
+
+def cases():
+    for name in aelab.list_models():
+        for i, cfg in enumerate(SMALL.get(name, [{}])):
+            yield pytest.param(name, cfg, id=f"{name}-{i}")
+
+
+def batch_for(model, n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, *model.input_shape, generator=g)
+
+
+def test_every_model_has_small_configs():
+    missing = set(aelab.list_models()) - set(SMALL)
+    assert not missing, f"add small test configs for {sorted(missing)} to SMALL"
+
+
+@pytest.mark.parametrize("name,cfg", list(cases()))
+def test_forward_shapes_and_finite_loss(name, cfg):
+    torch.manual_seed(0)
+    model = aelab.build(name, **cfg)
+    x = batch_for(model)
+    out = model(x)
+    assert dataclasses.is_dataclass(out), "forward must return a named output (a dataclass)"
+    loss = model.loss(x, out)
+    assert loss.total.dim() == 0 and torch.isfinite(loss.total)
+    assert loss.terms and all(v.dim() == 0 for v in loss.terms.values())
+    assert out.recon.shape == x.shape
+
+
+@pytest.mark.parametrize("name,cfg", list(cases()))
+def test_a_few_steps_lower_the_loss(name, cfg):
+    torch.manual_seed(0)
+    model = aelab.build(name, **cfg)
+    x = batch_for(model, n=32)
+    model.eval()
+    torch.manual_seed(1)
+    before = model.loss(x, model(x)).total.item()
+    aelab.fit(model, x, epochs=12, batch_size=32, lr=3e-3, progress=False, device="cpu")
+    torch.manual_seed(1)
+    after = model.loss(x, model(x)).total.item()
+    assert after < before, f"{name}: loss {before:.3f} -> {after:.3f} did not decrease"
+
+
+@pytest.mark.parametrize("name,cfg", list(cases()))
+def test_save_load_round_trip(name, cfg, tmp_path):
+    torch.manual_seed(0)
+    model = aelab.build(name, **cfg).eval()
+    path = aelab.save(model, tmp_path / "m.safetensors")
+    loaded = aelab.load(path)
+    assert type(loaded) is type(model) and loaded.config == model.config
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    x = batch_for(model)
+    torch.manual_seed(3)
+    a = model(x)
+    torch.manual_seed(3)
+    b = loaded.eval()(x)
+    assert torch.equal(a.recon, b.recon)
+
+
+@pytest.mark.parametrize("name", aelab.list_models())
+def test_wrong_input_shape_gets_a_clear_error(name):
+    model = aelab.build(name, **SMALL[name][0])
+    flat = torch.rand(4, torch.Size(model.input_shape).numel())
+    with pytest.raises(ValueError, match=r"expects input of shape \(batch, .*got \(4, \d+\).*reshape"):
+        model(flat)
+    with pytest.raises(TypeError, match="floating-point"):
+        model((torch.rand(2, *model.input_shape) * 255).to(torch.uint8))
+
+
+def test_build_rejects_unknown_names_and_fields():
+    with pytest.raises(KeyError, match="known models"):
+        aelab.build("no_such_model")
+    with pytest.raises(TypeError, match="unknown config field.*latent_dims.*valid fields"):
+        aelab.build("vae", latent_dims=3)
+    with pytest.raises(ValueError, match="likelihood"):
+        aelab.build("vae", likelihood="poisson")
+
+
+def test_registry_refuses_a_second_class_under_a_taken_name():
+    with pytest.raises(ValueError, match="already registered"):
+        aelab.register("vae")(type("Other", (aelab.Model,), {"Config": get("ae").Config}))
+
+
+def test_load_rejects_foreign_and_corrupt_files(tmp_path):
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(ValueError, match="not an aelab model"):
+        aelab.load(foreign)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        aelab.load(bad)
+    with pytest.raises(FileNotFoundError):
+        aelab.load(tmp_path / "missing.safetensors")
+
+
+def test_vae_loss_reduction_is_sum_over_pixels_mean_over_batch():
+    from aelab.functional import bernoulli_log_likelihood, kl_normal
+
+    torch.manual_seed(0)
+    model = aelab.build("vae", hidden=(32,), latent_dim=3)
+    x = torch.rand(8, 1, 28, 28)
+    out = model(x)
+    loss = model.loss(x, out)
+    per_example = -bernoulli_log_likelihood(x, out.recon) + kl_normal(out.mu, out.logvar)
+    assert torch.allclose(loss.total, per_example.mean())
+    assert torch.allclose(loss.terms["recon"] + loss.terms["kl"], loss.total)
+    beta = aelab.build("vae", hidden=(32,), latent_dim=3, beta=4.0)
+    beta.load_state_dict(model.state_dict())
+    lb = beta.loss(x, out)
+    assert torch.allclose(lb.total, lb.terms["recon"] + 4.0 * lb.terms["kl"])
+
+
+def test_ae_linear_spans_pca_subspace_after_training():
+    # Baldi & Hornik 1989: the optimal linear AE's decoder spans the top principal subspace.
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(10, 10)).Q
+    scales = torch.tensor([5.0, 3.0, 2.0] + [0.1] * 7)
+    x = (torch.randn(2000, 10) * scales) @ basis.T
+    model = aelab.build("ae", input_shape=(10,), linear=True, hidden=(), latent_dim=3, likelihood="gaussian")
+    aelab.fit(model, x, epochs=60, batch_size=200, lr=1e-2, progress=False, device="cpu")
+    w = model.decoder.net[0].weight.detach()  # (10, 3): columns span the decoder's image
+    q = torch.linalg.qr(w).Q
+    pcs = basis[:, :3]
+    cosines = torch.linalg.svdvals(q.T @ pcs)  # cosines of the principal angles
+    assert cosines.min() > 0.99
