@@ -9,15 +9,17 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 PORT ?= 8888
+# Containers and CI run as root, which Jupyter refuses unless told.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 ASSIGNMENTS := $(notdir $(wildcard solutions/a[0-9]*))
 
 # Keep Jupyter, IPython and matplotlib state out of the user's home; course/ holds nbgrader_config.py.
-export JUPYTER_CONFIG_DIR := $(CURDIR)/.cache/jupyter/config
-export JUPYTER_DATA_DIR := $(CURDIR)/.cache/jupyter/data
-export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter/runtime
+export JUPYTER_CONFIG_DIR ?= $(CURDIR)/.cache/jupyter/config
+export JUPYTER_DATA_DIR ?= $(CURDIR)/.cache/jupyter/data
+export JUPYTER_RUNTIME_DIR ?= $(CURDIR)/.cache/jupyter/runtime
 export JUPYTER_CONFIG_PATH := $(CURDIR)/course
-export IPYTHONDIR := $(CURDIR)/.cache/ipython
-export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export IPYTHONDIR ?= $(CURDIR)/.cache/ipython
+export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export JUPYTER_PLATFORM_DIRS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
@@ -51,7 +53,7 @@ data: setup
 	$(BIN)/python -m aelab.data prepare --all
 
 lab: setup data
-	$(BIN)/jupyter lab --no-browser --port=$(PORT) --ServerApp.root_dir=$(CURDIR) lectures/00_setup_and_tools.ipynb
+	$(BIN)/jupyter lab --no-browser --port=$(PORT) $(ALLOW_ROOT) --ServerApp.root_dir=$(CURDIR) lectures/00_setup_and_tools.ipynb
 
 test: setup data
 	CI=$${CI:-} $(BIN)/python -m pytest tests

