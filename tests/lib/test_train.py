@@ -134,7 +134,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     def crash(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(aelab_io, "save_file", crash)
+    monkeypatch.setattr(aelab_io, "serialize", crash)
     with pytest.raises(KeyboardInterrupt):
         aelab.fit(model, data()[0], max_steps=4, batch_size=8, checkpoint=ckpt, progress=False)
     assert ckpt.read_bytes() == good

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import socket
 import subprocess
@@ -13,16 +12,12 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 from urllib.parse import urlparse
 
 import numpy as np
 
 from aelab._env import data_dir
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
+from aelab.io import atomic_open
 
 class DataUnavailableError(RuntimeError):
     """A data set is neither cached nor installed, and could not be downloaded; the message says what to run."""
@@ -58,27 +53,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextmanager
-def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on success move it onto ``path`` with one ``os.replace``.
-
-    Readers never see a half-written file: an interrupted write leaves only a ``.tmp`` file behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a shared cache should be readable like any file
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
