@@ -453,3 +453,31 @@ def test_cli_fails_loudly(
     assert err.value.code != 0
     with pytest.raises(SystemExit):
         main(["prepare"])
+
+
+def test_extract_deb_unpacks_the_data_archive(tmp_path):
+    """The pure-Python `dpkg -x` used where apt is missing: ar archive -> data.tar.* -> files."""
+    import io
+    import tarfile
+
+    from aelab.data._common import extract_deb
+
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w:gz") as tar:
+        body = b"hello"
+        info = tarfile.TarInfo("./usr/share/x/file.txt")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    members = [(b"debian-binary", b"2.0\n"), (b"control.tar.gz", b"\x00" * 3), (b"data.tar.gz", payload.getvalue())]
+    blob = b"!<arch>\n"
+    for name, data in members:
+        header = name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6) + b"100644".ljust(8)
+        blob += header + str(len(data)).encode().ljust(10) + b"`\n" + data + (b"\n" if len(data) % 2 else b"")
+    deb = tmp_path / "pkg.deb"
+    deb.write_bytes(blob)
+    extract_deb(deb, tmp_path / "root")
+    assert (tmp_path / "root/usr/share/x/file.txt").read_bytes() == b"hello"
+    bad = tmp_path / "bad.deb"
+    bad.write_bytes(b"not an archive")
+    with pytest.raises(D.CorruptDataError, match="not a Debian package"):
+        extract_deb(bad, tmp_path / "root2")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import shutil
 import socket
 import subprocess
+import tarfile
 import tempfile
+import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -18,6 +22,7 @@ import numpy as np
 
 from aelab._env import data_dir
 from aelab.io import atomic_open
+
 
 class DataUnavailableError(RuntimeError):
     """A data set is neither cached nor installed, and could not be downloaded; the message says what to run."""
@@ -143,19 +148,84 @@ def run_tool(cmd: list[str], cwd: Path, what: str) -> None:
         raise DataUnavailableError(f"{what}: `{' '.join(cmd)}` failed (exit {proc.returncode}): {tail}")
 
 
+# Pinned Debian packages that ship data (bookworm). Used when `apt-get download` is unavailable or
+# fails (no apt, empty package lists, not Debian): the .deb is fetched from the mirror and checked.
+DEBIAN_MIRROR = os.environ.get("AELAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+DEBIAN_PINS: dict[str, tuple[str, str]] = {
+    "dataset-fashion-mnist": (
+        "pool/main/d/dataset-fashion-mnist/dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb",
+        "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0",
+    ),
+    "r-cran-janeaustenr": (
+        "pool/main/r/r-cran-janeaustenr/r-cran-janeaustenr_1.0.0-1_all.deb",
+        "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95",
+    ),
+}
+
+
+def _fetch_pinned_deb(package: str, folder: Path) -> Path:
+    """Download the pinned .deb of ``package`` from the Debian mirror and check its sha256."""
+    if package not in DEBIAN_PINS:
+        raise DataUnavailableError(f"no pinned download of the Debian package {package}")
+    pool_path, digest = DEBIAN_PINS[package]
+    url = f"{DEBIAN_MIRROR.rstrip('/')}/{pool_path}"
+    target = folder / Path(pool_path).name
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(target, "wb") as f:
+            shutil.copyfileobj(resp, f)
+    except OSError as e:
+        raise DataUnavailableError(f"downloading {url} failed ({e})") from e
+    if sha256_file(target) != digest:
+        raise CorruptDataError(f"{url} does not have the pinned sha256 {digest}; the mirror may be wrong (AELAB_DEBIAN_MIRROR)")
+    return target
+
+
+def extract_deb(deb: Path, root: Path) -> None:
+    """Unpack a .deb's data archive into ``root`` (what ``dpkg -x`` does), in pure Python.
+
+    A .deb is an ar archive whose member ``data.tar.{xz,gz,bz2}`` holds the installed tree.
+    """
+    blob = deb.read_bytes()
+    if not blob.startswith(b"!<arch>\n"):
+        raise CorruptDataError(f"{deb} is not a Debian package (no ar header)")
+    pos = 8
+    while pos + 60 <= len(blob):
+        header = blob[pos:pos + 60]
+        name = header[:16].decode().strip().rstrip("/")
+        size = int(header[48:58].decode().strip())
+        pos += 60
+        if name.startswith("data.tar"):
+            with tarfile.open(fileobj=io.BytesIO(blob[pos:pos + size]), mode="r:*") as tar:
+                tar.extractall(root, filter="data")
+            return
+        pos += size + (size % 2)
+    raise CorruptDataError(f"{deb} has no data.tar member")
+
+
 @contextmanager
 def debian_package(package: str) -> Iterator[Path]:
-    """Fetch a Debian package with ``apt-get download`` and unpack it with ``dpkg -x`` (no root needed).
+    """Fetch a Debian package and unpack it into a temporary folder (no root needed).
 
-    Yields the folder holding the unpacked tree (``usr/...``); everything is deleted afterwards.
+    Tries ``apt-get download`` (the system's configured mirror), then the pinned .deb from the
+    Debian mirror (checked by sha256), so it also works where apt is missing or has no package
+    lists. Yields the folder holding the unpacked tree (``usr/...``); it is deleted afterwards.
     """
-    what = f"fetching the Debian package {package}"
     with tempfile.TemporaryDirectory(prefix="aelab-deb-") as tmp:
         tmp_path = Path(tmp)
-        run_tool(["apt-get", "download", package], cwd=tmp_path, what=what)
-        debs = sorted(tmp_path.glob("*.deb"))
-        if not debs:
-            raise DataUnavailableError(f"{what}: `apt-get download` left no .deb file in {tmp_path}")
+        errors = []
+        deb = None
+        if shutil.which("apt-get"):
+            try:
+                run_tool(["apt-get", "download", package], cwd=tmp_path, what=f"fetching the Debian package {package}")
+                deb = next(iter(sorted(tmp_path.glob("*.deb"))), None)
+            except DataUnavailableError as e:
+                errors.append(str(e))
+        if deb is None:
+            try:
+                deb = _fetch_pinned_deb(package, tmp_path)
+            except DataUnavailableError as e:
+                errors.append(str(e))
+                raise DataUnavailableError(f"could not fetch the Debian package {package}: " + "; ".join(errors)) from e
         root = tmp_path / "root"
-        run_tool(["dpkg", "-x", str(debs[0]), str(root)], cwd=tmp_path, what=what)
+        extract_deb(deb, root)
         yield root
