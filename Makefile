@@ -42,7 +42,7 @@ $(STAMP): requirements.lock lib/pyproject.toml
 	  { echo "Python >= 3.11 is needed (found $$($(PYTHON) --version)); install python3.11 or run: make PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e lib
 	@touch $@
 	@echo "environment ready in $(VENV)"
@@ -61,18 +61,28 @@ test: setup data
 test-lib: setup
 	$(BIN)/python -m pytest tests/lib
 
+# nbgrader runs from course/ (its nbgrader_config.py puts the course root at the repository) and
+# calls `alembic` by name, so the environment's bin/ goes first on PATH.
+NBGRADER := cd course && PATH="$(CURDIR)/$(BIN):$$PATH" ../$(BIN)/nbgrader
+
 assignments: setup
-	cd course && for a in $(ASSIGNMENTS); do ../$(BIN)/nbgrader generate_assignment $$a --force || exit 1; done
+	for a in $(ASSIGNMENTS); do ($(NBGRADER) generate_assignment $$a --force) || exit 1; done
 
 grade: setup
-	cd course && for a in $(ASSIGNMENTS); do ../$(BIN)/nbgrader autograde $$a || exit 1; done
+	@test -d submitted || { echo "no submitted/ folder: collect submissions into submitted/<student>/<assignment>/ first"; exit 1; }
+	for a in $(ASSIGNMENTS); do \
+	  if ls -d submitted/*/$$a >/dev/null 2>&1; then ($(NBGRADER) autograde $$a) || exit 1; \
+	  else echo "no submissions of $$a"; fi; \
+	done
 
 feedback: setup
-	cd course && for a in $(ASSIGNMENTS); do ../$(BIN)/nbgrader generate_feedback $$a || exit 1; done
+	for a in $(ASSIGNMENTS); do \
+	  if ls -d autograded/*/$$a >/dev/null 2>&1; then ($(NBGRADER) generate_feedback $$a) || exit 1; fi; \
+	done
 	$(MAKE) export-grades
 
 export-grades: setup
-	cd course && ../$(BIN)/nbgrader export --to ../grades.csv
+	$(NBGRADER) export --to ../grades.csv
 	@echo "grades written to grades.csv"
 
 slides: setup

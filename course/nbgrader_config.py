@@ -17,9 +17,16 @@ c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
 c.CourseDirectory.db_url = f"sqlite:///{Path(__file__).resolve().parent.parent / 'gradebook.db'}"
 
-# Training cells in the assignments take up to a minute on a laptop CPU; a cell that runs longer
-# than this is stopped, marked as an error, and the rest of the notebook is still graded.
-c.ExecutePreprocessor.timeout = 300
+# Autograding runs each submission with nbgrader's Execute preprocessor (an nbclient client).
+# Training cells take up to a minute or two on a laptop CPU in full mode. A cell that runs longer
+# than `timeout` seconds is interrupted (SIGINT to the kernel: a `while True: pass` stops with
+# KeyboardInterrupt), gets a CellTimeoutError output, and the notebook goes on with the next cell,
+# so the rest of the submission is still graded. Waiting for the interrupted cell's last outputs
+# must not abort the notebook either, hence raise_on_iopub_timeout = False. allow_errors is
+# always on in nbgrader: a failing cell never stops the run.
 c.Execute.timeout = 300
+c.Execute.interrupt_on_timeout = True
+c.Execute.raise_on_iopub_timeout = False
+c.Execute.iopub_timeout = 10
 
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}

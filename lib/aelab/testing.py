@@ -36,7 +36,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class _FreshImporter:
-    """Execute aelab modules from their files into private module objects, never touching sys.modules.
+    """Execute aelab modules from their files into private module objects, never registered in sys.modules.
 
     Every ``import aelab...`` / ``from aelab... import ...`` executed by such a module (at import
     time or later, inside a function) is resolved by the same importer, so the whole chain of aelab
@@ -78,15 +78,15 @@ class _FreshImporter:
             setattr(parent, parts[-1], module)
         return module
 
-    def _import(self, name: str, globals: Mapping[str, Any] | None = None, locals: Any = None,
+    def _import(self, name: str, module_globals: Mapping[str, Any] | None = None, module_locals: Any = None,
                 fromlist: tuple[str, ...] | list[str] | None = (), level: int = 0) -> types.ModuleType:
         """``__import__`` for fresh modules: aelab names are loaded by this importer, others by Python."""
         if level > 0:
-            package = (globals or {}).get("__package__") or ""
+            package = (module_globals or {}).get("__package__") or ""
             base = package.rsplit(".", level - 1)[0] if level > 1 else package
             name = f"{base}.{name}" if name else base
         if name != "aelab" and not name.startswith("aelab."):
-            return builtins.__import__(name, globals, locals, fromlist or (), 0)
+            return builtins.__import__(name, module_globals, module_locals, fromlist or (), 0)
         module = self.module(name)
         if not fromlist:
             return self.modules[name.split(".")[0]]

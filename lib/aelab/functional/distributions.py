@@ -66,7 +66,7 @@ def log_normal(z: Tensor, mu: Tensor | float = 0.0, logvar: Tensor | float = 0.0
     mu = torch.as_tensor(mu, dtype=z.dtype, device=z.device)
     logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
     lp = -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar))
-    return _sum_except_batch(lp.expand(torch.broadcast_shapes(lp.shape, z.shape)))
+    return _sum_except_batch(torch.broadcast_tensors(lp, z)[0])  # a float mu/logvar still sums over z's shape
 
 
 def bernoulli_log_likelihood(x: Tensor, logits: Tensor) -> Tensor:
@@ -90,6 +90,22 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor | float = 0.
     if x.shape != mean.shape:
         raise ValueError(f"x and mean must have the same shape, got {tuple(x.shape)} and {tuple(mean.shape)}")
     return log_normal(x, mean, logvar)
+
+
+def laplace_log_likelihood(x: Tensor, loc: Tensor, log_scale: Tensor | float = 0.0) -> Tensor:
+    """log Laplace(x; loc, b) per pixel with scale b = exp(log_scale), summed over pixels: (B, ...) -> (B,).
+
+    The density is ``exp(-|x - loc| / b) / (2 b)``, so the log-likelihood is
+    ``-|x - loc| / b - log 2 - log b``: an L1 reconstruction error plus a normaliser (the variance
+    is ``2 b**2``). ``log_scale`` is a tensor broadcastable to x (learned scale) or a float (fixed).
+    """
+    if x.shape != loc.shape:
+        raise ValueError(f"x and loc must have the same shape, got {tuple(x.shape)} and {tuple(loc.shape)}")
+    log_scale = torch.as_tensor(log_scale, dtype=x.dtype, device=x.device)
+    if log_scale.dim() > x.dim():
+        raise ValueError(f"log_scale of shape {tuple(log_scale.shape)} does not broadcast to x of shape {tuple(x.shape)}")
+    lp = -(x - loc).abs() * torch.exp(-log_scale) - math.log(2.0) - log_scale  # (B, ...): x's shape
+    return _sum_except_batch(lp)
 
 
 def elbo(log_likelihood: Tensor, kl: Tensor, beta: float = 1.0) -> Tensor:

@@ -1,0 +1,156 @@
+"""The released (student) notebooks in assignments/: blank, every graded cell fails; nothing leaks.
+
+Each release is executed as a student receives it, in fast mode. Strict xfail semantics per cell: a
+graded test cell that passes on the blank release would give points for nothing, so it fails this
+test; a cell that is not graded (setup, the empty solution stubs, training, plots) must run without
+error, so that "Run all" works before any work is done. The release must also hold none of the
+solution code or hidden tests of its source notebook in solutions/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+pytestmark = pytest.mark.timeout(900)  # executing a release takes a kernel start and a few seconds per cell
+
+REPO = Path(__file__).resolve().parents[2]
+RELEASES = sorted(REPO.glob("assignments/*/*.ipynb"))
+SOURCES = sorted(REPO.glob("solutions/a[0-9]*/*.ipynb"))
+CELL_TIMEOUT = 300
+MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "BEGIN MARK SCHEME")
+BLOCK = re.compile(r"^[ \t]*### BEGIN (SOLUTION|HIDDEN TESTS)[^\n]*\n(.*?)^[ \t]*### END \1[^\n]*$", re.M | re.S)
+
+
+def kernel_env(root: Path) -> dict[str, str]:
+    """The environment of a test kernel: fast mode, one CPU thread, Jupyter state under ``root``."""
+    env = dict(os.environ)
+    env.update(
+        AELAB_FAST="1",
+        OMP_NUM_THREADS="1",  # a busy CI machine makes multi-threaded small matmuls crawl
+        JUPYTER_CONFIG_DIR=str(root / "config"),
+        JUPYTER_DATA_DIR=str(root / "data"),
+        JUPYTER_RUNTIME_DIR=str(root / "runtime"),
+        IPYTHONDIR=str(root / "ipython"),
+        MPLCONFIGDIR=str(root / "matplotlib"),
+        JUPYTER_PLATFORM_DIRS="1",
+        PYDEVD_DISABLE_FILE_VALIDATION="1",
+    )
+    return env
+
+
+def grade_id(cell: nbformat.NotebookNode) -> str:
+    """The nbgrader id of a cell, or its index-free placeholder for cells without nbgrader metadata."""
+    return cell.metadata.get("nbgrader", {}).get("grade_id", "<no grade_id>")
+
+
+def is_graded(cell: nbformat.NotebookNode) -> bool:
+    """Whether nbgrader gives points for this cell (an autograder test cell)."""
+    return cell.cell_type == "code" and bool(cell.metadata.get("nbgrader", {}).get("grade"))
+
+
+@pytest.fixture(scope="module", params=RELEASES, ids=lambda p: p.parent.name)
+def executed(request, tmp_path_factory) -> nbformat.NotebookNode:
+    """A released notebook executed blank, top to bottom, errors allowed (as nbgrader runs it)."""
+    path: Path = request.param
+    nb = nbformat.read(path, as_version=4)
+    root = tmp_path_factory.mktemp(f"kernel-{path.stem}")
+    client = NotebookClient(
+        nb,
+        timeout=CELL_TIMEOUT,
+        kernel_name="python3",
+        allow_errors=True,
+        record_timing=False,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute(env=kernel_env(root))
+    return nb
+
+
+def error_of(cell: nbformat.NotebookNode) -> str | None:
+    """'Name: value' of the first error output of a cell, or None if it ran cleanly."""
+    for out in cell.get("outputs", []):
+        if out.output_type == "error":
+            return f"{out.ename}: {out.evalue}"
+    return None
+
+
+def test_every_graded_cell_fails_on_the_blank_release(executed):
+    passing = [
+        f"{grade_id(c)} ({c.metadata['nbgrader'].get('points', 0)} points)"
+        for c in executed.cells
+        if is_graded(c) and error_of(c) is None
+    ]
+    assert not passing, (
+        "graded cells that pass on the blank release give points for nothing; make their visible part call "
+        f"the student's code: {', '.join(passing)}"
+    )
+
+
+def test_cells_that_are_not_graded_run_on_the_blank_release(executed):
+    failing = [
+        f"{grade_id(c)}: {error_of(c)}"
+        for c in executed.cells
+        if c.cell_type == "code" and not is_graded(c) and error_of(c) is not None
+    ]
+    assert not failing, f"cells that are not graded must run on the blank release: {failing}"
+
+
+def test_there_is_a_release_for_every_source():
+    released = {p.relative_to(REPO / "assignments") for p in RELEASES}
+    sources = {p.relative_to(REPO / "solutions") for p in SOURCES}
+    assert sources, "no source notebooks in solutions/"
+    assert sources == released, f"assignments/ and solutions/ differ; run `make assignments` (missing: {sorted(map(str, sources - released))}, extra: {sorted(map(str, released - sources))})"
+
+
+def secret_lines(source: nbformat.NotebookNode) -> set[str]:
+    """Lines of solution and hidden-test blocks that appear nowhere else in the source notebook."""
+    secret, public = set(), set()
+    for cell in source.cells:
+        text = cell.source
+        for match in BLOCK.finditer(text):
+            secret.update(line.strip() for line in match.group(2).splitlines())
+        public.update(line.strip() for line in BLOCK.sub("", text).splitlines())
+    return {line for line in secret - public if len(line) >= 12}
+
+
+@pytest.mark.parametrize("source_path", SOURCES, ids=lambda p: p.parent.name)
+def test_the_release_holds_no_solution_or_hidden_test(source_path: Path):
+    release_path = REPO / "assignments" / source_path.relative_to(REPO / "solutions")
+    assert release_path.exists(), f"{release_path} is missing; run `make assignments`"
+    text = release_path.read_text()
+    release = nbformat.reads(text, as_version=4)
+    for marker in MARKERS:
+        assert marker not in text, f"{release_path.name} contains {marker!r}: regenerate it with `make assignments`"
+    secrets = secret_lines(nbformat.read(source_path, as_version=4))
+    assert len(secrets) >= 10, "the source notebook should have solution and hidden-test code to check for"
+    release_lines = {line.strip() for cell in release.cells for line in cell.source.splitlines()}
+    leaked = sorted(secrets & release_lines)
+    assert not leaked, f"{release_path.name} contains solution or hidden-test lines: {leaked[:5]}"
+    outputs = [grade_id(c) for c in release.cells if c.get("outputs")]
+    assert not outputs, f"{release_path.name} has outputs in cells {outputs}: releases are generated with outputs cleared"
+    assert "widgets" not in release.metadata, (
+        f"{release_path.name} carries widget state from the executed source: execute the source notebook with "
+        "store_widget_state=False (or delete metadata.widgets), then `make assignments`"
+    )
+
+
+def test_a01_release_lacks_known_solution_lines():
+    release = REPO / "assignments" / "a01_vae" / "a01_vae.ipynb"
+    if not release.exists():
+        pytest.skip("a01_vae is not released")
+    text = nbformat.read(release, as_version=4)
+    code = "\n".join(c.source for c in text.cells)
+    for line in (
+        "std = torch.exp(0.5 * logvar)",
+        "kl = 0.5 * (torch.exp(logvar) + mu**2 - 1.0 - logvar)",
+        "log_p = x * logits - F.softplus(logits)",
+        "total = -elbo(log_px, kl, beta=self.config.beta).mean()",
+        'check_close(mu.grad, torch.tensor([[0.5, -2.0]]), "d kl_normal / d mu"',
+    ):
+        assert line not in code, f"the a01 release contains solution or hidden-test code: {line!r}"
