@@ -17,7 +17,15 @@ SMALL: dict[str, list[dict]] = {
            dict(linear=True, hidden=(), latent_dim=5, likelihood="gaussian"), dict(hidden=(32,), l1=0.1, noise_std=0.2, mask_prob=0.1)],
     "vae": [dict(hidden=(64,), latent_dim=4), dict(backbone="conv", hidden=(32,), channels=8, latent_dim=3),
             dict(hidden=(64,), latent_dim=2, likelihood="gaussian", learn_sigma=True),
-            dict(hidden=(32,), input_shape=(1, 64, 64), backbone="conv", channels=4, binarize=True)],
+            dict(hidden=(32,), input_shape=(1, 64, 64), backbone="conv", channels=4, binarize=True),
+            dict(hidden=(32,), latent_dim=2, likelihood="laplace"), dict(hidden=(32,), latent_dim=2, likelihood="laplace", learn_sigma=True)],
+    "cvae": [dict(hidden=(32,), latent_dim=3), dict(backbone="conv", hidden=(16,), channels=4, latent_dim=2, n_classes=10)],
+    "iwae": [dict(hidden=(32,), latent_dim=3, k=4), dict(hidden=(16,), latent_dim=2, k=2, likelihood="laplace", learn_sigma=True)],
+    "info_vae": [dict(hidden=(32,), latent_dim=3, lambda_=100.0), dict(hidden=(32,), latent_dim=2, alpha=0.5, lambda_=10.0, kernel="imq", kernel_scales=(0.5, 1.0))],
+    "wae_mmd": [dict(hidden=(32,), latent_dim=3), dict(hidden=(16,), latent_dim=2, stochastic=True, kernel="rbf", cost="bce")],
+    "swae": [dict(hidden=(32,), latent_dim=3, n_projections=8), dict(hidden=(32,), latent_dim=2, distance="energy", cost="squared")],
+    "vq_vae": [dict(channels=4, embedding_dim=4, codebook_size=16),
+               dict(backbone="mlp", hidden=(32,), n_vectors=4, embedding_dim=3, codebook_size=8, ema=True, dead_code_steps=3)],
 }
 
 
@@ -28,8 +36,14 @@ def cases():
 
 
 def batch_for(model, n=16, seed=0):
+    """A labelled batch (x, y) like aelab.data's splits: every model reads what it needs from it."""
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, *model.input_shape, generator=g)
+    return torch.rand(n, *model.input_shape, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def run(model, batch):
+    """Call the model on a batch the way train_step does."""
+    return model(*model.forward_args(batch))
 
 
 def test_every_model_has_small_configs():
@@ -41,10 +55,11 @@ def test_every_model_has_small_configs():
 def test_forward_shapes_and_finite_loss(name, cfg):
     torch.manual_seed(0)
     model = aelab.build(name, **cfg)
-    x = batch_for(model)
-    out = model(x)
+    batch = batch_for(model)
+    x = batch[0]
+    out = run(model, batch)
     assert dataclasses.is_dataclass(out), "forward must return a named output (a dataclass)"
-    loss = model.loss(x, out)
+    loss = model.loss(batch, out)
     assert loss.total.dim() == 0 and torch.isfinite(loss.total)
     assert loss.terms and all(v.dim() == 0 for v in loss.terms.values())
     assert out.recon.shape == x.shape
@@ -54,13 +69,13 @@ def test_forward_shapes_and_finite_loss(name, cfg):
 def test_a_few_steps_lower_the_loss(name, cfg):
     torch.manual_seed(0)
     model = aelab.build(name, **cfg)
-    x = batch_for(model, n=32)
+    batch = batch_for(model, n=32)
     model.eval()
     torch.manual_seed(1)
-    before = model.loss(x, model(x)).total.item()
-    aelab.fit(model, x, epochs=12, batch_size=32, lr=3e-3, progress=False, device="cpu")
+    before = model.loss(batch, run(model, batch)).total.item()
+    aelab.fit(model, batch, epochs=12, batch_size=32, lr=3e-3, progress=False, device="cpu")
     torch.manual_seed(1)
-    after = model.loss(x, model(x)).total.item()
+    after = model.loss(batch, run(model, batch)).total.item()
     assert after < before, f"{name}: loss {before:.3f} -> {after:.3f} did not decrease"
 
 
@@ -73,22 +88,40 @@ def test_save_load_round_trip(name, cfg, tmp_path):
     assert type(loaded) is type(model) and loaded.config == model.config
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
-    x = batch_for(model)
+    batch = batch_for(model)
     torch.manual_seed(3)
-    a = model(x)
+    a = run(model, batch)
     torch.manual_seed(3)
-    b = loaded.eval()(x)
+    b = run(loaded.eval(), batch)
     assert torch.equal(a.recon, b.recon)
+
+
+@pytest.mark.parametrize("name,cfg", list(cases()))
+def test_seeded_cpu_fits_are_deterministic(name, cfg):
+    def trained():
+        aelab.seed_everything(0)
+        model = aelab.build(name, **cfg)
+        aelab.fit(model, batch_for(model, n=16), max_steps=3, batch_size=8, lr=3e-3, progress=False, device="cpu")
+        return model.state_dict()
+
+    a, b = trained(), trained()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{name}: {key} differs between two runs seeded alike"
 
 
 @pytest.mark.parametrize("name", aelab.list_models())
 def test_wrong_input_shape_gets_a_clear_error(name):
     model = aelab.build(name, **SMALL[name][0])
+    y = torch.zeros(4, dtype=torch.long)
     flat = torch.rand(4, torch.Size(model.input_shape).numel())
     with pytest.raises(ValueError, match=r"expects input of shape \(batch, .*got \(4, \d+\).*reshape"):
-        model(flat)
+        run(model, (flat, y))
+    c, *rest = model.input_shape
+    with pytest.raises(ValueError, match=rf"expects input of shape \(batch, {c}, .*got \(4, {c + 2}, "):
+        run(model, (torch.rand(4, c + 2, *rest), y))
     with pytest.raises(TypeError, match="floating-point"):
-        model((torch.rand(2, *model.input_shape) * 255).to(torch.uint8))
+        run(model, ((torch.rand(4, *model.input_shape) * 255).to(torch.uint8), y))
 
 
 def test_build_rejects_unknown_names_and_fields():

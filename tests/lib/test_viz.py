@@ -1,5 +1,7 @@
 """aelab.viz draws without error on the Agg backend, with the expected axes and images."""
 
+import base64
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -53,6 +55,13 @@ def test_compare_reconstructions_one_row_per_entry():
     assert all(len(ax.images) == 1 for ax in fig.axes)
     with pytest.raises(ValueError, match="same"):
         viz.compare_reconstructions({"original": x, "other": torch.rand(6, 1, 8, 8)})
+
+
+def test_image_rows_pads_short_rows():
+    fig = viz.image_rows({"three": torch.zeros(3, 1, 8, 8), "five": torch.zeros(5, 1, 8, 8)})
+    widths = [ax.images[0].get_array().shape[1] for ax in fig.axes]
+    assert widths == [5 * 9 + 1, 5 * 9 + 1]
+    assert fig.axes[0].images[0].get_array()[4, -3] == 1.0  # the padded slots are blank (white)
 
 
 def test_show_features_diverging():
@@ -118,6 +127,7 @@ def test_traversal_explorer_updates_and_degrades():
     ex.reset()
     assert ex.sliders[0].value == 0.0 and ex.view.value == before
     bundle = ex._repr_mimebundle_()
-    assert "image/png" in bundle and "text/plain" in bundle
+    assert "text/plain" in bundle
+    assert base64.b64decode(bundle["image/png"]) == ex.view.value  # JSON-ready: base64 text
     with pytest.raises(ValueError, match="z0"):
         viz.traversal_explorer(decode, latent_dim=3, z0=torch.zeros(2))

@@ -1,6 +1,7 @@
 """Pure tensor math shared by every model: no nn.Module, no state.
 
-Reductions: each function returns one value per example ``(B,)`` unless its docstring says otherwise.
+Reductions: each function returns one value per example ``(B,)`` unless its docstring says otherwise
+(the sample divergences of ``kernels`` return one 0-dim value for a pair of samples).
 """
 
 from aelab.functional.distributions import (
@@ -9,18 +10,58 @@ from aelab.functional.distributions import (
     elbo,
     gaussian_log_likelihood,
     kl_normal,
+    laplace_log_likelihood,
     log_normal,
     reparameterize,
+)
+from aelab.functional.estimators import (
+    LatentVariableModel,
+    importance_sampled_nll,
+    iwae_bound,
+    log_importance_weights,
+)
+from aelab.functional.kernels import (
+    energy_distance,
+    imq_kernel,
+    kernel_scales,
+    mmd,
+    pairwise_distances,
+    random_directions,
+    rbf_kernel,
+    sliced_wasserstein,
+)
+from aelab.functional.quantization import (
+    codebook_perplexity,
+    ema_codebook_update,
+    quantize,
+    straight_through,
 )
 from aelab.functional.sparsity import topk_activation
 
 __all__ = [
     "LOG_2PI",
+    "LatentVariableModel",
     "bernoulli_log_likelihood",
+    "codebook_perplexity",
     "elbo",
+    "ema_codebook_update",
+    "energy_distance",
     "gaussian_log_likelihood",
+    "importance_sampled_nll",
+    "imq_kernel",
+    "iwae_bound",
+    "kernel_scales",
     "kl_normal",
+    "laplace_log_likelihood",
+    "log_importance_weights",
     "log_normal",
+    "mmd",
+    "pairwise_distances",
+    "quantize",
+    "random_directions",
+    "rbf_kernel",
     "reparameterize",
+    "sliced_wasserstein",
+    "straight_through",
     "topk_activation",
 ]

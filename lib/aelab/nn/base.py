@@ -49,6 +49,14 @@ class Model(nn.Module):
         """The model input of a batch: the batch itself, or its first tensor for (x, y, ...) tuples."""
         return batch[0] if isinstance(batch, (tuple, list)) else batch
 
+    def forward_args(self, batch: Tensor | tuple | list) -> tuple:
+        """The positional arguments of ``forward`` for a batch: ``(x,)``, so ``out = model(*model.forward_args(batch))``.
+
+        Conditional models override it to pass more of the batch (the CVAE returns ``(x, y)``);
+        ``train_step`` and the tests call the model this way, so no loop needs to know which is which.
+        """
+        return (self.inputs(batch),)
+
     def check_input(self, x: Tensor) -> Tensor:
         """Raise a ValueError naming the expected and the received shape when they differ."""
         if not isinstance(x, Tensor):
@@ -77,7 +85,7 @@ class Model(nn.Module):
     def train_step(self, batch: Any, ctx: StepContext) -> Loss:
         """One optimisation step on a batch: forward, loss, backward, update. ``fit`` calls this."""
         with ctx.autocast():
-            out = ctx.model(self.inputs(batch))
+            out = ctx.model(*self.forward_args(batch))
             loss = self.loss(batch, out)
         ctx.update(loss.total)
         return loss

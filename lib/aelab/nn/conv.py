@@ -56,3 +56,41 @@ class ConvDecoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         h = self.head(z).view(z.shape[0], self.channels, self.side, self.side)
         return self.deconv(h)
+
+
+class ConvGridEncoder(nn.Module):
+    """Stride-2 4x4 convs that keep the spatial grid: (B, C, H, W) -> (B, out_channels, side, side).
+
+    No dense layer: each cell of the output grid (7x7 for 28x28 inputs, 4x4 for 64x64) is a vector
+    describing its receptive field, as VQ-VAE quantises them one by one.
+    """
+
+    def __init__(self, input_shape: Sequence[int], out_channels: int, channels: int = 32):
+        super().__init__()
+        c, n, _ = _plan(input_shape)
+        layers: list[nn.Module] = []
+        for i in range(n):
+            layers += [nn.Conv2d(c if i == 0 else channels, channels, 4, stride=2, padding=1), nn.ReLU()]
+        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, out_channels, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ConvGridDecoder(nn.Module):
+    """The mirror of ``ConvGridEncoder``: (B, in_channels, side, side) -> (B, C, H, W), no final nonlinearity."""
+
+    def __init__(self, in_channels: int, output_shape: Sequence[int], channels: int = 32):
+        super().__init__()
+        c, n, _ = _plan(output_shape)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU()]
+        for i in range(n):
+            last = i == n - 1
+            layers.append(nn.ConvTranspose2d(channels, c if last else channels, 4, stride=2, padding=1))
+            if not last:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)

@@ -1,6 +1,6 @@
 """The variational autoencoder (Kingma & Welling 2013, "Auto-Encoding Variational Bayes").
 
-q(z|x) = N(mu(x), diag exp(logvar(x))),  p(z) = N(0, I),  p(x|z) Bernoulli or Gaussian.
+q(z|x) = N(mu(x), diag exp(logvar(x))),  p(z) = N(0, I),  p(x|z) Bernoulli, Gaussian or Laplace.
 Trained by maximising the ELBO  E_q[log p(x|z)] - beta * KL(q(z|x) || p(z))  with one
 reparameterised sample per example; beta = 1 is the VAE, other values the beta-VAE objective.
 """
@@ -13,12 +13,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from aelab.functional import bernoulli_log_likelihood, elbo, gaussian_log_likelihood, kl_normal, reparameterize
+from aelab.functional import (
+    bernoulli_log_likelihood,
+    elbo,
+    gaussian_log_likelihood,
+    kl_normal,
+    laplace_log_likelihood,
+    reparameterize,
+)
 from aelab.nn.backbone import make_decoder, make_encoder
 from aelab.nn.base import Loss, Model
 from aelab.registry import register
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "laplace")
 
 
 @dataclass
@@ -34,11 +41,13 @@ class VAEConfig:
     channels: int = 32
     """Conv channels per layer (conv backbone only)."""
     likelihood: str = "bernoulli"
-    """Decoder distribution p(x|z): "bernoulli" (logits; x in [0, 1]) or "gaussian" (mean; see sigma)."""
+    """Decoder distribution p(x|z): "bernoulli" (logits; x in [0, 1]), "gaussian" (mean; see sigma) or
+    "laplace" (location; see sigma): an L1 reconstruction error with a normaliser."""
     sigma: float = 0.1
-    """Gaussian decoder std: fixed, or the initial value when learn_sigma is True."""
+    """Gaussian decoder std, or Laplace decoder scale b: fixed, or the initial value when learn_sigma is True."""
     learn_sigma: bool = False
-    """Learn one Gaussian decoder log-variance per pixel instead of the fixed sigma."""
+    """Learn the decoder spread per pixel instead of the fixed sigma: a log-variance (Gaussian,
+    parameter ``decoder_logvar``) or a log-scale (Laplace, parameter ``decoder_log_scale``)."""
     beta: float = 1.0
     """Weight of the KL term (1: the ELBO; > 1: beta-VAE)."""
     binarize: bool = False
@@ -60,7 +69,7 @@ class VAEOutput:
     """What ``VAE.forward`` returns."""
 
     recon: Tensor
-    """Decoder output: Bernoulli logits or Gaussian mean, (B, *input_shape)."""
+    """Decoder output: Bernoulli logits, Gaussian mean or Laplace location, (B, *input_shape)."""
     mu: Tensor
     """Posterior mean, (B, latent_dim)."""
     logvar: Tensor
@@ -73,16 +82,24 @@ class VAEOutput:
 
 @register("vae")
 class VAE(Model):
-    """A VAE with a diagonal Gaussian posterior, standard normal prior and Bernoulli/Gaussian decoder."""
+    """A VAE with a diagonal Gaussian posterior, standard normal prior and Bernoulli/Gaussian/Laplace decoder."""
 
     Config = VAEConfig
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)
-        self.encoder = make_encoder(config, 2 * config.latent_dim)
-        self.decoder = make_decoder(config)
+        self.encoder, self.decoder = self.networks(config)
         if config.likelihood == "gaussian" and config.learn_sigma:
             self.decoder_logvar = nn.Parameter(torch.full(tuple(config.input_shape), 2 * math.log(config.sigma)))
+        if config.likelihood == "laplace" and config.learn_sigma:
+            self.decoder_log_scale = nn.Parameter(torch.full(tuple(config.input_shape), math.log(config.sigma)))
+
+    def networks(self, config: VAEConfig) -> tuple[nn.Module, nn.Module]:
+        """Encoder (B, *input_shape) -> (B, 2 * latent_dim) and decoder (B, latent_dim) -> (B, *input_shape).
+
+        Variants whose networks see more than x or z (the CVAE's labels) override this.
+        """
+        return make_encoder(config, 2 * config.latent_dim), make_decoder(config)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(B, *input_shape) -> mu, logvar, each (B, latent_dim)."""
@@ -94,7 +111,7 @@ class VAE(Model):
         return self.mean(self.decoder(z))
 
     def mean(self, recon: Tensor) -> Tensor:
-        """Decoder output -> E[x|z]: sigmoid of the logits (Bernoulli) or the mean itself (Gaussian)."""
+        """Decoder output -> E[x|z]: sigmoid of the logits (Bernoulli) or the output itself (Gaussian, Laplace)."""
         return torch.sigmoid(recon) if self.config.likelihood == "bernoulli" else recon
 
     def forward(self, x: Tensor) -> VAEOutput:
@@ -109,6 +126,9 @@ class VAE(Model):
         """log p(x|z) summed over pixels, (B,)."""
         if self.config.likelihood == "bernoulli":
             return bernoulli_log_likelihood(x, recon)
+        if self.config.likelihood == "laplace":
+            log_scale = self.decoder_log_scale if self.config.learn_sigma else math.log(self.config.sigma)
+            return laplace_log_likelihood(x, recon, log_scale)
         logvar = self.decoder_logvar if self.config.learn_sigma else 2 * math.log(self.config.sigma)
         return gaussian_log_likelihood(x, recon, logvar)
 

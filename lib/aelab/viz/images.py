@@ -76,17 +76,17 @@ def show_images(
     return ax
 
 
-def compare_reconstructions(
+def image_rows(
     rows: Mapping[str, Tensor],
     n: int | None = None,
     title: str | None = None,
     width: float = 8.0,
 ):
-    """Originals against several models' reconstructions: one row of ``n`` images per entry.
+    """Labelled rows of images: one row of ``n`` images per entry of ``rows``; returns the figure.
 
-    ``rows`` maps a label to images (N, C, H, W) in [0, 1], e.g. ``{"original": x, "PCA": x_pca,
-    "deep AE": x_ae}``; the first ``n`` images of each are shown (default: the fewest any row has).
-    Returns the figure, which has one axes per row.
+    ``rows`` maps a label to images (N, C, H, W) in [0, 1], all of the same (C, H, W); the first
+    ``n`` of each are shown (default: as many as the longest row has), shorter rows end in blank
+    space. The figure has one axes per row, labelled on the left.
     """
     import matplotlib.pyplot as plt
 
@@ -96,12 +96,15 @@ def compare_reconstructions(
     sizes = {tuple(x.shape[1:]) for x in images.values()}
     if len(sizes) != 1:
         raise ValueError(f"every row needs images of the same (C, H, W), got { {k: tuple(v.shape) for k, v in images.items()} }")
-    n = min(x.shape[0] for x in images.values()) if n is None else n
-    _, _, h, w = next(iter(images.values())).shape
+    n = max(x.shape[0] for x in images.values()) if n is None else n
+    _, c, h, w = next(iter(images.values())).shape
     row_height = width / n * h / w
     fig, axes = plt.subplots(len(images), 1, figsize=(width + 1.2, row_height * len(images) + (0.4 if title else 0.1)), squeeze=False)
     for ax, (label, x) in zip(axes[:, 0], images.items()):
-        ax.imshow(np.clip(make_grid(x[:n], nrow=n, padding=1), 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        x = x[:n]
+        if x.shape[0] < n:  # blank (white) images keep every row's columns aligned
+            x = torch.cat([x, torch.ones(n - x.shape[0], c, h, w)])
+        ax.imshow(np.clip(make_grid(x, nrow=n, padding=1), 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         for side in ax.spines.values():
@@ -111,6 +114,21 @@ def compare_reconstructions(
         fig.suptitle(title)
     fig.tight_layout(pad=0.3)
     return fig
+
+
+def compare_reconstructions(
+    rows: Mapping[str, Tensor],
+    n: int | None = None,
+    title: str | None = None,
+    width: float = 8.0,
+):
+    """Originals against several models' reconstructions: one row of ``n`` images per entry.
+
+    ``rows`` maps a label to images (N, C, H, W) in [0, 1], e.g. ``{"original": x, "PCA": x_pca,
+    "deep AE": x_ae}``, the same N examples in the same order in every row, so that each column is
+    one example. Returns the figure, which has one axes per row (see ``image_rows``).
+    """
+    return image_rows(rows, n=n, title=title, width=width)
 
 
 def show_features(

@@ -7,6 +7,7 @@ which such viewers show instead.
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Callable, Sequence
 
@@ -102,8 +103,9 @@ class TraversalExplorer(widgets.VBox):
         bundle = super()._repr_mimebundle_(**kwargs)
         if isinstance(bundle, tuple):  # (data, metadata) in some ipywidgets versions
             bundle = bundle[0]
-        # Viewers without a widget manager pick the PNG of the current image instead of the text repr.
-        return {**(bundle or {}), "image/png": self.view.value}
+        # Viewers without a widget manager pick the PNG of the current image instead of the text repr
+        # (notebook JSON stores binary outputs base64-encoded).
+        return {**(bundle or {}), "image/png": base64.b64encode(self.view.value).decode("ascii")}
 
 
 def traversal_explorer(
