@@ -18,16 +18,7 @@ from aelab.functional import (
     topk_activation,
 )
 
-
-
-@pytest.fixture(autouse=True)
-def _float64_and_seed():
-    """Closed-form comparisons in double precision; restore the default afterwards."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # see conftest.py
 
 
 def test_kl_standard_normal_closed_form_values():

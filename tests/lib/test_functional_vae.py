@@ -33,14 +33,7 @@ from aelab.functional import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _float64_and_seed():
-    """Closed-form comparisons in double precision; restore the default afterwards."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # see conftest.py
 
 
 # -- Laplace likelihood ----------------------------------------------------------------------------
