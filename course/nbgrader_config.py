@@ -30,3 +30,11 @@ c.Execute.raise_on_iopub_timeout = False
 c.Execute.iopub_timeout = 10
 
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+# Feedback HTML shows each test's output (the failure message names the likely mistake) but not the
+# hidden tests' source, so the hidden tests stay hidden for the next cohort too.
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.GetGrades",
+    "nbgrader.preprocessors.ClearHiddenTests",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]

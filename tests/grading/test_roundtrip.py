@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -256,3 +257,20 @@ def test_the_committed_release_equals_a_fresh_generation(course):
     for marker in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "x * logits - F.softplus(logits)", "check_close(mu.grad"):
         assert marker not in text, f"the committed release contains {marker!r}"
     assert sorted(p.name for p in (REPO / "assignments" / ASSIGNMENT).iterdir()) == [name], "only the notebook belongs in the release"
+
+
+def test_feedback_shows_scores_and_messages_but_not_the_hidden_tests(course):
+    nbgrader(course, "generate_feedback", ASSIGNMENT, "--student", "wrong_kl")
+    html = (course / "feedback" / "wrong_kl" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
+    assert "13" in html and "18" in html, "feedback should show the score"
+    assert "sign" in html, "feedback should keep the failure message that names the mistake"
+    assert "BEGIN HIDDEN TESTS" not in html and "Hidden tests of kl_normal" in html
+    source = nbformat.read(REPO / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+    hidden = next(c.source for c in source.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "test_kl_normal_hidden")
+    body = hidden.split("### BEGIN HIDDEN TESTS")[1].split("### END HIDDEN TESTS")[0]
+    # A failing test's traceback quotes the lines around the failure; any other hidden line is a leak.
+    cell = autograded(course, "wrong_kl")["test_kl_normal_hidden"]
+    traceback = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join("\n".join(o.get("traceback", [])) for o in cell.outputs))
+    leaked = [line for line in body.splitlines()
+              if len(line.strip()) > 30 and line.strip() in html and line.strip() not in traceback]
+    assert not leaked, f"hidden test lines appear in the feedback: {leaked[:3]}"
