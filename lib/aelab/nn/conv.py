@@ -21,16 +21,32 @@ def _plan(input_shape: Sequence[int]) -> tuple[int, int, int]:
     return c, n, side
 
 
+def _down(in_channels: int, channels: int, n: int) -> list[nn.Module]:
+    """n stride-2 4x4 convs with ReLUs: each halves the side."""
+    layers: list[nn.Module] = []
+    for i in range(n):
+        layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 4, stride=2, padding=1), nn.ReLU()]
+    return layers
+
+
+def _up(channels: int, out_channels: int, n: int) -> list[nn.Module]:
+    """n stride-2 4x4 transposed convs, ReLUs between them, none after the last: each doubles the side."""
+    layers: list[nn.Module] = []
+    for i in range(n):
+        last = i == n - 1
+        layers.append(nn.ConvTranspose2d(channels, out_channels if last else channels, 4, stride=2, padding=1))
+        if not last:
+            layers.append(nn.ReLU())
+    return layers
+
+
 class ConvEncoder(nn.Module):
     """Stride-2 4x4 convs then a linear layer: (B, C, H, W) -> (B, out_dim)."""
 
     def __init__(self, input_shape: Sequence[int], out_dim: int, channels: int = 32, hidden: int = 256):
         super().__init__()
         c, n, side = _plan(input_shape)
-        layers: list[nn.Module] = []
-        for i in range(n):
-            layers += [nn.Conv2d(c if i == 0 else channels, channels, 4, stride=2, padding=1), nn.ReLU()]
-        self.conv = nn.Sequential(*layers)
+        self.conv = nn.Sequential(*_down(c, channels, n))
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * side * side, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -45,13 +61,7 @@ class ConvDecoder(nn.Module):
         c, n, side = _plan(output_shape)
         self.channels, self.side = channels, side
         self.head = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, channels * side * side), nn.ReLU())
-        layers: list[nn.Module] = []
-        for i in range(n):
-            last = i == n - 1
-            layers.append(nn.ConvTranspose2d(channels, c if last else channels, 4, stride=2, padding=1))
-            if not last:
-                layers.append(nn.ReLU())
-        self.deconv = nn.Sequential(*layers)
+        self.deconv = nn.Sequential(*_up(channels, c, n))
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.head(z).view(z.shape[0], self.channels, self.side, self.side)
@@ -68,11 +78,8 @@ class ConvGridEncoder(nn.Module):
     def __init__(self, input_shape: Sequence[int], out_channels: int, channels: int = 32):
         super().__init__()
         c, n, _ = _plan(input_shape)
-        layers: list[nn.Module] = []
-        for i in range(n):
-            layers += [nn.Conv2d(c if i == 0 else channels, channels, 4, stride=2, padding=1), nn.ReLU()]
-        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, out_channels, 1)]
-        self.net = nn.Sequential(*layers)
+        head = [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, out_channels, 1)]
+        self.net = nn.Sequential(*_down(c, channels, n), *head)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -84,13 +91,7 @@ class ConvGridDecoder(nn.Module):
     def __init__(self, in_channels: int, output_shape: Sequence[int], channels: int = 32):
         super().__init__()
         c, n, _ = _plan(output_shape)
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU()]
-        for i in range(n):
-            last = i == n - 1
-            layers.append(nn.ConvTranspose2d(channels, c if last else channels, 4, stride=2, padding=1))
-            if not last:
-                layers.append(nn.ReLU())
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(), *_up(channels, c, n))
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)

@@ -108,22 +108,13 @@ class TraversalExplorer(widgets.VBox):
         return {**(bundle or {}), "image/png": base64.b64encode(self.view.value).decode("ascii")}
 
 
-def traversal_explorer(
-    decode_fn: Callable[[Tensor], Tensor],
-    latent_dim: int,
-    lim: float = 3.0,
-    step: float = 0.05,
-    z0: Tensor | None = None,
-    names: Sequence[str] | None = None,
-    scale: int = 6,
-    device: str | torch.device | None = None,
-) -> TraversalExplorer:
+def traversal_explorer(decode_fn: Callable[[Tensor], Tensor], latent_dim: int, **options) -> TraversalExplorer:
     """A slider per latent dimension and the live decoded image; returns the widget (display it).
 
-    ``decode_fn``: codes (1, latent_dim) -> images (1, C, H, W) in [0, 1], e.g. ``model.decode``;
-    codes are sent to ``device`` first when given. Sliders span [-lim, lim] and start at ``z0``
-    (default zeros); ``names`` label them; the image is drawn ``scale`` times its size.
-    Executed without a widget frontend (nbclient, nbconvert), it runs without error and shows a
-    PNG of its starting image.
+    ``decode_fn``: codes (1, latent_dim) -> images (1, C, H, W) in [0, 1], e.g. ``model.decode``.
+    ``options`` are ``TraversalExplorer``'s: ``lim`` (sliders span [-lim, lim]), ``step``, ``z0``
+    (start, default zeros), ``names`` (slider labels), ``scale`` (image zoom), ``device`` (codes
+    are sent there first). Executed without a widget frontend (nbclient, nbconvert), it runs
+    without error and shows a PNG of its starting image.
     """
-    return TraversalExplorer(decode_fn, latent_dim, lim=lim, step=step, z0=z0, names=names, scale=scale, device=device)
+    return TraversalExplorer(decode_fn, latent_dim, **options)
