@@ -93,9 +93,9 @@ def header(model: Model) -> dict[str, str]:
 
 
 def save(model: Model, path: str | Path) -> Path:
-    """Write the model's weights and config to one safetensors file, atomically."""
+    """Write the model's weights (``model.export_state_dict()``) and config to one safetensors file, atomically."""
     path = Path(path)
-    tensors = {k: v.detach() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach() for k, v in model.export_state_dict().items()}
     atomic_save_safetensors(tensors, path, header(model))
     return path
 

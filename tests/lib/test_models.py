@@ -26,6 +26,28 @@ SMALL: dict[str, list[dict]] = {
     "swae": [dict(hidden=(32,), latent_dim=3, n_projections=8), dict(hidden=(32,), latent_dim=2, distance="energy", cost="squared")],
     "vq_vae": [dict(channels=4, embedding_dim=4, codebook_size=16),
                dict(backbone="mlp", hidden=(32,), n_vectors=4, embedding_dim=3, codebook_size=8, ema=True, dead_code_steps=3)],
+    # disentanglement models
+    "beta_vae": [dict(input_shape=(1, 28, 28), backbone="mlp", hidden=(32,), latent_dim=3),
+                 dict(channels=4, hidden=(16,), latent_dim=3, anneal_capacity=True, gamma=10.0, capacity_max=5.0, capacity_steps=1000)],
+    "beta_tcvae": [dict(input_shape=(1, 28, 28), backbone="mlp", hidden=(32,), latent_dim=3, dataset_size=64),
+                   dict(channels=4, hidden=(16,), latent_dim=3, estimator="mws", dataset_size=1000)],
+    "factor_vae": [dict(input_shape=(1, 28, 28), backbone="mlp", hidden=(32,), latent_dim=3, gamma=5.0, disc_hidden=(16, 16)),
+                   dict(channels=4, hidden=(16,), latent_dim=2, disc_hidden=(8,))],
+    # sparse autoencoders and the toy model of superposition
+    "toy_superposition": [dict(n_features=5, n_hidden=2, n_instances=3),
+                          dict(n_features=4, n_hidden=2, n_instances=2, feature_probability=(0.3,),
+                               importance=((1.0, 0.5, 0.25, 0.1), (1.0, 1.0, 1.0, 1.0)))],
+    "sae_relu": [dict(d_in=16, d_sae=32),
+                 dict(d_in=16, d_sae=32, unit_norm_decoder=False, decoder_norm_l1=True, normalize_activations=True,
+                      sparsity_warmup_steps=4, resample_every=3, dead_steps=2, init_b_dec="mean")],
+    "sae_topk": [dict(d_in=16, d_sae=32, k=4), dict(d_in=16, d_sae=32, k=3, k_aux=8, dead_steps=2, normalize_activations=True)],
+    "sae_batch_topk": [dict(d_in=16, d_sae=32, k=4), dict(d_in=16, d_sae=32, k=2, dead_steps=2, threshold_momentum=0.5)],
+    "sae_jumprelu": [dict(d_in=16, d_sae=32, l0_coefficient=1e-3),
+                     dict(d_in=16, d_sae=32, pre_encoder_bias=True, bandwidth=0.05, init_threshold=0.05,
+                          sparsity_warmup_steps=5, normalize_activations=True)],
+    "sae_gated": [dict(d_in=16, d_sae=32), dict(d_in=16, d_sae=32, unit_norm_decoder=False, decoder_norm_l1=True, init_b_dec="zeros")],
+    "sae_matryoshka": [dict(d_in=16, d_sae=32, k=4, group_sizes=(4, 12, 16)), dict(d_in=16, d_sae=32, k=3, activation="topk", dead_steps=2)],
+    "ksparse_ae": [dict(d_in=16, d_sae=32, k=4, k_schedule_steps=6), dict(d_in=16, d_sae=32, k=2, k_start=16, k_schedule_steps=8, test_alpha=2.0)],
 }
 
 
@@ -114,12 +136,19 @@ def test_seeded_cpu_fits_are_deterministic(name, cfg):
 def test_wrong_input_shape_gets_a_clear_error(name):
     model = aelab.build(name, **SMALL[name][0])
     y = torch.zeros(4, dtype=torch.long)
-    flat = torch.rand(4, torch.Size(model.input_shape).numel())
-    with pytest.raises(ValueError, match=r"expects input of shape \(batch, .*got \(4, \d+\).*reshape"):
-        run(model, (flat, y))
-    c, *rest = model.input_shape
-    with pytest.raises(ValueError, match=rf"expects input of shape \(batch, {c}, .*got \(4, {c + 2}, "):
-        run(model, (torch.rand(4, c + 2, *rest), y))
+    if len(model.input_shape) == 1:  # a flat vector is the right input here: check a wrong size and a wrong rank
+        (d,) = model.input_shape
+        with pytest.raises(ValueError, match=rf"expects input of shape \(batch, {d}\), got \(4, {d + 2}\)"):
+            run(model, (torch.rand(4, d + 2), y))
+        with pytest.raises(ValueError, match=rf"expects input of shape \(batch, {d}\), got \(4, 1, {d}\).*reshape"):
+            run(model, (torch.rand(4, 1, d), y))
+    else:
+        flat = torch.rand(4, torch.Size(model.input_shape).numel())
+        with pytest.raises(ValueError, match=r"expects input of shape \(batch, .*got \(4, \d+\).*reshape"):
+            run(model, (flat, y))
+        c, *rest = model.input_shape
+        with pytest.raises(ValueError, match=rf"expects input of shape \(batch, {c}, .*got \(4, {c + 2}, "):
+            run(model, (torch.rand(4, c + 2, *rest), y))
     with pytest.raises(TypeError, match="floating-point"):
         run(model, ((torch.rand(4, *model.input_shape) * 255).to(torch.uint8), y))
 

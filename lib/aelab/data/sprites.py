@@ -166,6 +166,15 @@ class DSprites:
         out[torch.arange(n)[:, None, None], rows, cols] = self._sprites[sprite].to(torch.float32)
         return out.unsqueeze(1)
 
+    def images_of(self, factors: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Images with the given factor class indices: (n, 5) -> (n, 1, 64, 64) float32 (what sampling metrics call)."""
+        factors = torch.as_tensor(factors, dtype=torch.int64)
+        if factors.dim() != 2 or factors.shape[1] != len(FACTOR_SIZES):
+            raise ValueError(f"factors must have shape (n, {len(FACTOR_SIZES)}), got {tuple(factors.shape)}")
+        if factors.numel() and ((factors < 0).any() or (factors >= torch.tensor(FACTOR_SIZES)).any()):
+            raise ValueError(f"factor class indices must lie in [0, size) for sizes {FACTOR_SIZES}")
+        return self.images(self.index_of(factors))
+
     def sample_factors(self, n: int, seed: int = 0) -> torch.Tensor:
         """``n`` factor vectors drawn uniformly (with replacement) from the grid: (n, 5) int64."""
         rng = np.random.Generator(np.random.PCG64(seed))

@@ -1,6 +1,18 @@
-"""Sparsity operators for sparse autoencoders."""
+"""Sparsity operators and objectives for sparse autoencoders.
+
+Activations: top-k per row (Makhzani & Frey 2013; Gao et al. 2024), top-(k B) over a batch
+(Bussmann et al. 2024), the JumpReLU and its Heaviside step with the straight-through
+pseudo-derivatives of Rajamanoharan et al. 2024 ("Jumping Ahead"). Objectives: squared
+reconstruction error, the L1 penalty weighted by decoder norms, nested (Matryoshka) prefix
+reconstructions. Geometry: the geometric median by Weiszfeld's algorithm, and the gradient
+projection that keeps decoder rows on the unit sphere.
+
+Reductions: per-example functions return ``(B,)``; the docstring of each says what is summed.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -16,3 +28,202 @@ def topk_activation(pre: Tensor, k: int) -> Tensor:
         raise ValueError(f"k must be in [1, {pre.shape[-1]}] (the code size), got {k}")
     values, indices = torch.topk(pre, k, dim=-1)
     return torch.zeros_like(pre).scatter(-1, indices, values)
+
+
+def batch_topk_activation(pre: Tensor, k: int) -> Tensor:
+    """Keep the k * B largest entries of the whole batch, zero the rest: (B, d) -> (B, d).
+
+    BatchTopK (Bussmann, Leask & Nanda 2024): the sparsity budget is k per example on average, so
+    one example may use more latents than another. Gradients flow only through the kept entries.
+    """
+    if pre.dim() != 2:
+        raise ValueError(f"batch_topk_activation expects a (batch, d) tensor, got shape {tuple(pre.shape)}")
+    if not 1 <= k <= pre.shape[-1]:
+        raise ValueError(f"k must be in [1, {pre.shape[-1]}] (the code size), got {k}")
+    flat = pre.flatten()
+    values, indices = torch.topk(flat, k * pre.shape[0])
+    return torch.zeros_like(flat).scatter(0, indices, values).view_as(pre)
+
+
+def dead_topk_activation(pre: Tensor, dead: Tensor, k: int) -> Tensor:
+    """ReLU of the k largest pre-activations among the dead latents of each row: (B, d) -> (B, d).
+
+    The code of the AuxK loss (Gao et al. 2024, appendix A.2): only latents with ``dead`` (d,) True
+    take part, and min(k, number of dead latents) are kept per row. No dead latent: all zeros.
+    """
+    if dead.shape != pre.shape[-1:]:
+        raise ValueError(f"dead must be a (d,) mask for pre-activations of shape {tuple(pre.shape)}, got {tuple(dead.shape)}")
+    n_dead = int(dead.sum())
+    if n_dead == 0 or k < 1:
+        return torch.zeros_like(pre)
+    masked = pre.masked_fill(~dead, float("-inf"))
+    values, indices = torch.topk(masked, min(k, n_dead), dim=-1)
+    return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
+
+
+def rectangle(u: Tensor) -> Tensor:
+    """The rectangle kernel K(u) = 1 for -1/2 < u < 1/2, else 0 (same shape and dtype as u)."""
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """z H(z - theta) with the pseudo-derivative d/dtheta = -(theta / eps) K((z - theta) / eps)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth = bandwidth
+        return z * (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_z = grad * (z > threshold).to(z.dtype)  # the true derivative away from the jump
+        grad_theta = grad * (-(threshold / eps) * rectangle((z - threshold) / eps))
+        return grad_z, _sum_to(grad_theta, threshold.shape), None
+
+
+class _HeavisideStep(torch.autograd.Function):
+    """H(z - theta) with d/dz = 0 and the pseudo-derivative d/dtheta = -(1 / eps) K((z - theta) / eps)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth = bandwidth
+        return (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_theta = grad * (-(1.0 / eps) * rectangle((z - threshold) / eps))
+        return torch.zeros_like(z), _sum_to(grad_theta, threshold.shape), None
+
+
+def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a broadcast gradient back to the shape of the tensor it belongs to."""
+    while grad.dim() > len(shape):
+        grad = grad.sum(0)
+    for i, n in enumerate(shape):
+        if n == 1 and grad.shape[i] != 1:
+            grad = grad.sum(i, keepdim=True)
+    return grad
+
+
+def _check_threshold(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    if bandwidth <= 0:
+        raise ValueError(f"the kernel bandwidth epsilon must be > 0, got {bandwidth}")
+    threshold = torch.as_tensor(threshold, dtype=z.dtype, device=z.device)
+    try:
+        torch.broadcast_shapes(z.shape, threshold.shape)
+    except RuntimeError:
+        raise ValueError(f"threshold of shape {tuple(threshold.shape)} does not broadcast against {tuple(z.shape)}; "
+                         "give one threshold per latent, shape (d,)") from None
+    return threshold
+
+
+def jumprelu(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """JumpReLU_theta(z) = z H(z - theta): (B, d) with threshold (d,) -> (B, d).
+
+    Rajamanoharan et al. 2024, "Jumping Ahead: Improving Reconstruction Fidelity with JumpReLU
+    Sparse Autoencoders", eqs. 4 and 11: the derivative with respect to z is H(z - theta); with
+    respect to theta, where the true derivative is 0 almost everywhere, the straight-through
+    pseudo-derivative -(theta / epsilon) K((z - theta) / epsilon) with the rectangle kernel K of
+    bandwidth epsilon. Elementwise, no reduction.
+    """
+    return _JumpReLU.apply(z, _check_threshold(z, threshold, bandwidth), float(bandwidth))
+
+
+def heaviside_step(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """H(z - theta), 1 where z > theta else 0: (B, d) with threshold (d,) -> (B, d).
+
+    Rajamanoharan et al. 2024 ("Jumping Ahead"), eq. 12: the derivative with respect to z is 0 (as
+    the true one) and with respect to theta the pseudo-derivative -(1 / epsilon) K((z - theta) /
+    epsilon). Summed over latents it is the L0 norm whose gradient trains the thresholds.
+    Elementwise, no reduction.
+    """
+    return _HeavisideStep.apply(z, _check_threshold(z, threshold, bandwidth), float(bandwidth))
+
+
+def squared_error(x: Tensor, recon: Tensor) -> Tensor:
+    """||x - x_hat||^2 per example, summed over features: (B, d) -> (B,)."""
+    if x.shape != recon.shape:
+        raise ValueError(f"x and its reconstruction must have the same shape, got {tuple(x.shape)} and {tuple(recon.shape)}")
+    return (x - recon).pow(2).flatten(1).sum(1)
+
+
+def l1_penalty(acts: Tensor, decoder_norms: Tensor | None = None) -> Tensor:
+    """sum_i |f_i| ||W_dec,i|| per example: (B, d_sae) and optional norms (d_sae,) -> (B,).
+
+    Without ``decoder_norms`` the plain L1 norm of the code. Weighting by the decoder row norms
+    (Anthropic, "Towards Monosemanticity" follow-up, April 2024) makes the penalty invariant to
+    moving scale between a latent and its decoder row.
+    """
+    if decoder_norms is None:
+        return acts.abs().sum(-1)
+    if decoder_norms.shape != acts.shape[-1:]:
+        raise ValueError(f"decoder_norms must have shape ({acts.shape[-1]},), got {tuple(decoder_norms.shape)}")
+    return (acts.abs() * decoder_norms).sum(-1)
+
+
+def prefix_reconstructions(acts: Tensor, W_dec: Tensor, b_dec: Tensor, prefix_sizes: Sequence[int]) -> Tensor:
+    """Reconstructions from the first m latents for each m in ``prefix_sizes``: (G, B, d_in).
+
+    x_hat_m = f[:, :m] W_dec[:m] + b_dec (Matryoshka SAEs: Bussmann et al. 2025; Nabeshima 2024).
+    acts (B, d_sae), W_dec (d_sae, d_in), b_dec (d_in,); prefix sizes strictly increasing in
+    [1, d_sae]. Built as a cumulative sum of the groups' contributions, one matmul per group.
+    """
+    sizes = list(prefix_sizes)
+    if not sizes or any(b <= a for a, b in zip([0, *sizes], sizes)) or sizes[-1] > acts.shape[-1]:
+        raise ValueError(f"prefix_sizes must increase strictly within [1, {acts.shape[-1]}], got {tuple(sizes)}")
+    starts = [0, *sizes[:-1]]
+    parts = torch.stack([acts[:, a:b] @ W_dec[a:b] for a, b in zip(starts, sizes)])  # (G, B, d_in)
+    return parts.cumsum(0) + b_dec
+
+
+def geometric_median(x: Tensor, iters: int = 100, tol: float = 1e-7, eps: float = 1e-8) -> Tensor:
+    """The point minimising the sum of Euclidean distances to the rows of x: (N, d) -> (d,).
+
+    Weiszfeld's algorithm (1937): y <- sum_n x_n / |x_n - y| / sum_n 1 / |x_n - y|, started at the
+    mean, distances clamped below by ``eps`` so that an iterate landing on a data point does not
+    divide by zero. Stops after ``iters`` steps or when y moves less than ``tol`` (relative).
+    Used to initialise the SAE decoder bias (Bricken et al. 2023).
+    """
+    if x.dim() != 2 or x.shape[0] == 0:
+        raise ValueError(f"geometric_median expects a non-empty (N, d) tensor, got shape {tuple(x.shape)}")
+    y = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - y).norm(dim=1).clamp_min(eps)  # (N,)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        moved = (new - y).norm() <= tol * new.norm().clamp_min(1.0)
+        y = new
+        if moved:
+            break
+    return y
+
+
+class _RemoveParallelGrad(torch.autograd.Function):
+    """Identity forward; backward removes from each row's gradient its component along that row."""
+
+    @staticmethod
+    def forward(ctx, W: Tensor) -> Tensor:
+        ctx.save_for_backward(W)
+        return W.view_as(W)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (W,) = ctx.saved_tensors
+        unit = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return grad - (grad * unit).sum(-1, keepdim=True) * unit
+
+
+def remove_parallel_grad(W: Tensor) -> Tensor:
+    """W itself, but the gradient reaching W loses, row by row, its component parallel to the row.
+
+    For decoders whose rows W_i (d_sae, d_in) are kept at unit norm: the gradient g_i becomes
+    g_i - (g_i . w_i) w_i with w_i = W_i / ||W_i||, the tangent direction of the sphere (Bricken
+    et al. 2023), so a step moves the row along the sphere to first order and renormalising after
+    the step only corrects second-order drift.
+    """
+    return _RemoveParallelGrad.apply(W)

@@ -90,5 +90,13 @@ class Model(nn.Module):
         ctx.update(loss.total)
         return loss
 
+    def export_state_dict(self) -> dict[str, Tensor]:
+        """The weights ``aelab.save`` writes: the state dict, unless a model folds something into it first.
+
+        Sparse autoencoders trained on normalised activations fold the normalisation into their
+        weights here, so a saved SAE reads raw activations. Training checkpoints keep the live state.
+        """
+        return self.state_dict()
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}"

@@ -1,0 +1,242 @@
+"""What every sparse autoencoder shares: parameters, normalisation, decoder constraint, dead latents.
+
+An SAE maps an activation x (d_in,) to a sparse code f (d_sae,) and back:
+
+    pre   = (s x - b_dec) W_enc + b_enc          (subtracting b_dec is the optional pre-encoder bias)
+    f     = sigma(pre)                           (ReLU, TopK, JumpReLU, ...: what each model file defines)
+    x_hat = (f W_dec + b_dec) / s
+
+with W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in) whose row i is latent i's direction,
+b_dec (d_in,), and s a scalar activation normalisation (1 unless ``normalize_activations``).
+Losses are measured on the normalised activations s x, so coefficients transfer between layers
+and models.
+
+``train_step`` adds, around the usual forward/backward/update:
+
+* on the first batch, ``initialize``: s such that E ||s x||^2 = 1 and b_dec at the geometric median
+  of the batch (Bricken et al. 2023), unless ``initialize`` was called on a larger sample before;
+* the sparsity coefficient warm-up (a linear ramp from 0 over ``sparsity_warmup_steps``; Conerly et
+  al. 2024, Anthropic's April update), passed to ``loss`` as ``sparsity_scale``;
+* with ``unit_norm_decoder``, the gradient reaching W_dec loses its component parallel to each row
+  (``aelab.functional.remove_parallel_grad``) and the rows are renormalised after the step;
+* a count of the steps since each latent last fired, ``steps_since_fired``; ``dead_latents()`` are
+  those silent for ``dead_steps`` steps (used by AuxK and by resampling).
+
+Learning-rate warm-up and decay come from ``aelab.fit(..., schedule=aelab.train.warmup_cosine(...))``.
+Parameters start with unit-norm decoder rows in random directions and W_enc = W_dec^T, b_enc = 0.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aelab.functional import geometric_median, remove_parallel_grad, squared_error
+from aelab.nn.base import Loss, Model
+from aelab.train.schedules import linear_ramp
+
+B_DEC_INITS = ("geometric_median", "mean", "zeros")
+
+
+@dataclass
+class SAEConfig:
+    d_in: int = 64
+    """Dimension of the activations the SAE reads."""
+    d_sae: int = 512
+    """Number of latents (dictionary size)."""
+    pre_encoder_bias: bool = True
+    """Subtract the decoder bias b_dec from the input before encoding (Bricken et al. 2023)."""
+    unit_norm_decoder: bool = True
+    """Keep every decoder row at unit norm: project its gradient onto the sphere, renormalise after each step."""
+    normalize_activations: bool = False
+    """Scale inputs by a constant s so that E ||s x||^2 = 1, estimated on the first training batch;
+    ``fold_normalisation`` moves s into the weights for export."""
+    init_b_dec: str = "geometric_median"
+    """Initial decoder bias on the first batch: "geometric_median" (Weiszfeld), "mean" or "zeros"."""
+    sparsity_warmup_steps: int = 0
+    """Steps over which the sparsity (L1 or L0) coefficient ramps linearly from 0; 0 disables."""
+    dead_steps: int = 1000
+    """A latent that fired on no example for this many consecutive training steps is dead."""
+
+    def __post_init__(self) -> None:
+        if self.d_in < 1 or self.d_sae < 1:
+            raise ValueError(f"d_in and d_sae must be >= 1, got {self.d_in} and {self.d_sae}")
+        if self.init_b_dec not in B_DEC_INITS:
+            raise ValueError(f"init_b_dec must be one of {B_DEC_INITS}, got {self.init_b_dec!r}")
+        if self.sparsity_warmup_steps < 0:
+            raise ValueError(f"sparsity_warmup_steps must be >= 0, got {self.sparsity_warmup_steps}")
+        if self.dead_steps < 1:
+            raise ValueError(f"dead_steps must be >= 1, got {self.dead_steps}")
+
+    @property
+    def input_shape(self) -> tuple[int]:
+        return (self.d_in,)
+
+
+@dataclass
+class SAEOutput:
+    """What an SAE's ``forward`` returns."""
+
+    recon: Tensor
+    """The reconstruction x_hat in the input's own scale, (B, d_in)."""
+    acts: Tensor
+    """The sparse code f, (B, d_sae)."""
+    pre_acts: Tensor
+    """Encoder pre-activations (s x - b_dec) W_enc + b_enc, (B, d_sae)."""
+
+
+class SAE(Model):
+    """Base class of the sparse autoencoders: subclasses define ``activation`` and ``loss``."""
+
+    Config = SAEConfig
+
+    def __init__(self, config: SAEConfig):
+        super().__init__(config)
+        W_dec = F.normalize(torch.randn(config.d_sae, config.d_in), dim=1)
+        self.W_enc = nn.Parameter(W_dec.T.clone())  # (d_in, d_sae)
+        self.b_enc = nn.Parameter(torch.zeros(config.d_sae))
+        self.W_dec = nn.Parameter(W_dec)  # (d_sae, d_in)
+        self.b_dec = nn.Parameter(torch.zeros(config.d_in))
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("steps_since_fired", torch.zeros(config.d_sae, dtype=torch.long))
+
+    # -- the model ---------------------------------------------------------------------------------
+    def decoder_weight(self) -> Tensor:
+        """W_dec as the forward pass uses it: with its gradient projected onto the sphere when rows are unit norm."""
+        if self.config.unit_norm_decoder and torch.is_grad_enabled() and self.W_dec.requires_grad:
+            return remove_parallel_grad(self.W_dec)
+        return self.W_dec
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Raw activations -> the normalised ones the SAE works on, s x."""
+        return x * self.input_scale
+
+    def encoder_input(self, x_n: Tensor) -> Tensor:
+        """s x - b_dec with the pre-encoder bias, else s x: (B, d_in)."""
+        return x_n - self.b_dec if self.config.pre_encoder_bias else x_n
+
+    def pre_activations(self, x_n: Tensor) -> Tensor:
+        """(B, d_in) normalised -> (B, d_sae)."""
+        return self.encoder_input(x_n) @ self.W_enc + self.b_enc
+
+    def activation(self, pre: Tensor) -> Tensor:  # pragma: no cover - every SAE overrides it
+        """Pre-activations (B, d_sae) -> sparse code (B, d_sae)."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Raw activations (B, d_in) -> sparse code (B, d_sae)."""
+        return self.activation(self.pre_activations(self.normalize(self.check_input(x))))
+
+    def decode(self, acts: Tensor) -> Tensor:
+        """Sparse code (B, d_sae) -> reconstruction in the input's scale (B, d_in)."""
+        return (acts @ self.decoder_weight() + self.b_dec) / self.input_scale
+
+    def forward(self, x: Tensor) -> SAEOutput:
+        pre = self.pre_activations(self.normalize(self.check_input(x)))
+        acts = self.activation(pre)
+        return SAEOutput(recon=self.decode(acts), acts=acts, pre_acts=pre)
+
+    # -- the objective -----------------------------------------------------------------------------
+    def reconstruction_error(self, x: Tensor, recon: Tensor) -> Tensor:
+        """||s x - s x_hat||^2 per example, summed over d_in on the normalised scale: (B,)."""
+        return squared_error(self.normalize(x), self.normalize(recon))
+
+    def common_terms(self, x: Tensor, out: SAEOutput, recon_error: Tensor) -> dict[str, Tensor]:
+        """Logged with every SAE loss: ``recon`` (batch mean), ``l0`` (mean non-zeros per example), ``fvu``."""
+        x_n = self.normalize(x).detach()
+        terms = {"recon": recon_error.mean(), "l0": (out.acts != 0).sum(-1).float().mean()}
+        if x.shape[0] > 1:  # FVU needs a batch mean to compare with
+            terms["fvu"] = recon_error.detach().sum() / (x_n - x_n.mean(0)).pow(2).sum().clamp_min(1e-12)
+        return terms
+
+    def loss(self, batch: Any, out: SAEOutput, sparsity_scale: float = 1.0) -> Loss:
+        """Squared reconstruction error on the normalised scale: summed over d_in, mean over the batch.
+
+        Subclasses add their sparsity terms, multiplied by ``sparsity_scale`` (the warm-up factor
+        ``train_step`` passes; 1 otherwise).
+        """
+        x = self.inputs(batch)
+        err = self.reconstruction_error(x, out.recon)
+        return Loss(err.mean(), self.common_terms(x, out, err))
+
+    def sparsity_scale(self, step: int) -> float:
+        """Multiplier of the sparsity coefficient at a training step: the linear warm-up from 0."""
+        return linear_ramp(self.config.sparsity_warmup_steps)(step)
+
+    # -- training ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set the normalisation s and the decoder bias b_dec from a sample of raw activations (N, d_in).
+
+        ``train_step`` calls it on the first batch; call it yourself on a larger sample before
+        training for a better estimate (a second call re-estimates both).
+        """
+        x = self.check_input(x).float()
+        if self.config.normalize_activations:
+            mean_sq = x.pow(2).sum(1).mean()
+            if mean_sq == 0:
+                raise ValueError("cannot normalise activations that are all zero; check the activation sample")
+            self.input_scale.fill_(mean_sq.rsqrt().item())
+        x_n = self.normalize(x)
+        if self.config.init_b_dec == "geometric_median":
+            self.b_dec.copy_(geometric_median(x_n))
+        elif self.config.init_b_dec == "mean":
+            self.b_dec.copy_(x_n.mean(0))
+        self.initialized.fill_(True)
+
+    def dead_latents(self) -> Tensor:
+        """Latents that fired on no example for ``dead_steps`` consecutive training steps, (d_sae,) bool."""
+        return self.steps_since_fired >= self.config.dead_steps
+
+    def before_step(self, x: Tensor, ctx) -> None:
+        """Hook run before the forward pass of a training step (the k schedule of ``ksparse_ae``)."""
+
+    @torch.no_grad()
+    def after_step(self, x: Tensor, out: SAEOutput, ctx) -> None:
+        """Non-gradient updates after the optimiser step: decoder renormalisation, firing counters."""
+        if self.config.unit_norm_decoder:
+            self.W_dec.copy_(F.normalize(self.W_dec, dim=1))
+        fired = (out.acts.detach() != 0).any(0)
+        self.steps_since_fired.add_(1).masked_fill_(fired, 0)
+
+    def train_step(self, batch: Any, ctx) -> Loss:
+        """``initialize`` on the first batch, forward, loss with the warmed-up sparsity coefficient, update, ``after_step``."""
+        x = self.check_input(self.inputs(batch))
+        if not bool(self.initialized):
+            self.initialize(x)
+        self.before_step(x, ctx)
+        with ctx.autocast():
+            out = ctx.model(*self.forward_args(batch))
+            loss = self.loss(batch, out, sparsity_scale=self.sparsity_scale(ctx.step))
+        ctx.update(loss.total)
+        self.after_step(x, out, ctx)
+        return loss
+
+    # -- export ------------------------------------------------------------------------------------
+    def export_state_dict(self) -> dict[str, Tensor]:
+        """The state ``aelab.save`` writes: a folded copy's (see ``fold_normalisation``); this model is unchanged."""
+        if float(self.input_scale) == 1.0:
+            return self.state_dict()
+        return copy.deepcopy(self).fold_normalisation().state_dict()
+
+    @torch.no_grad()
+    def fold_normalisation(self) -> SAE:
+        """Move the input scale s into the weights, so the SAE reads raw activations with s = 1.
+
+        W_enc <- s W_enc, W_dec <- W_dec / s, b_dec <- b_dec / s gives the same pre-activations,
+        code and reconstruction on raw inputs. ``aelab.save`` writes a folded copy by itself
+        (``export_state_dict``), so a saved SAE needs no normalisation step. The decoder rows then
+        have norm 1 / s: fold after training, not before (``train_step`` would renormalise them).
+        """
+        s = self.input_scale.clone()
+        self.W_enc.mul_(s)
+        self.W_dec.div_(s)
+        self.b_dec.div_(s)
+        self.input_scale.fill_(1.0)
+        return self
