@@ -23,7 +23,7 @@ export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export JUPYTER_PLATFORM_DIRS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup data lab test test-lib assignments grade feedback export-grades slides bench lock clean
+.PHONY: help setup data lab test test-lib assignments grade feedback export-grades slides lectures bench lock clean
 
 help:
 	@echo "make lab          set up (first time only), prepare the data, start JupyterLab on the course"
@@ -33,6 +33,7 @@ help:
 	@echo "make assignments  regenerate assignments/ from solutions/ (nbgrader generate_assignment)"
 	@echo "make grade        autograde every submission in submitted/"
 	@echo "make feedback     write feedback HTML to feedback/ and export grades.csv"
+	@echo "make lectures     execute every lecture in full mode in place and time it (LECTURES=02 for one)"
 	@echo "make slides       export every lecture to reveal.js HTML in slides/"
 	@echo "make bench        run the benchmarks"
 	@echo "make clean        remove the environment, caches and instructor working state"
@@ -92,6 +93,11 @@ slides: setup
 
 bench: setup
 	$(BIN)/python -m aelab.bench
+
+# execute every lecture in full mode, in place, and record its wall time (lectures/timings.json);
+# LECTURES=02 03 runs only those
+lectures: setup data
+	$(BIN)/python -m aelab.lectures $(LECTURES)
 
 lock:
 	$(BIN)/uv pip compile requirements.in --universal --python-version 3.11 -o requirements.lock

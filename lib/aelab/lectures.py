@@ -1,0 +1,90 @@
+"""Execute lecture notebooks in place and record how long each takes: ``python -m aelab.lectures``.
+
+Lectures are committed executed in full mode (so they read well unexecuted and as slides); this
+runs them top to bottom in a fresh kernel from their own folder, keeps the widget state (so the
+explorers show their starting image in a static viewer), and writes the wall times to
+``lectures/timings.json`` and a Markdown table to stdout::
+
+    python -m aelab.lectures                      # every lectures/NN_*.ipynb, full mode
+    python -m aelab.lectures 02 03                # the lectures whose names start with 02, 03
+    AELAB_FAST=1 python -m aelab.lectures --no-write 02   # a quick check, notebook left untouched
+
+A cell that raises stops the run with the cell's error; the notebook file is then left unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from aelab.io import atomic_open
+
+
+def find(root: Path, prefixes: list[str]) -> list[Path]:
+    """The lectures under ``root/lectures`` whose file names start with one of ``prefixes`` (all if empty)."""
+    found = sorted((root / "lectures").glob("[0-9][0-9]_*.ipynb"))
+    if prefixes:
+        found = [p for p in found if any(p.name.startswith(x) for x in prefixes)]
+        if not found:
+            raise SystemExit(f"no lecture matches {prefixes}; lectures are {[p.name for p in (root / 'lectures').glob('*.ipynb')]}")
+    return found
+
+
+def execute(path: Path, write: bool = True, timeout: int = 1800) -> float:
+    """Run one notebook top to bottom in a fresh kernel (cwd = its folder); return the wall time in seconds."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
+                            store_widget_state=True)
+    start = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - start
+    if write:
+        with atomic_open(path, "w") as f:
+            nbformat.write(nb, f)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aelab.lectures", description=__doc__.splitlines()[0])
+    parser.add_argument("lectures", nargs="*", help="name prefixes, e.g. 02 03 (default: all)")
+    parser.add_argument("--root", default=".", help="the repository root (default: the current folder)")
+    parser.add_argument("--no-write", action="store_true", help="execute without saving the notebooks or the timings")
+    args = parser.parse_args(argv)
+    root = Path(args.root).resolve()
+    mode = "fast" if os.environ.get("AELAB_FAST", "") not in ("", "0") else "full"
+    timings_file = root / "lectures" / "timings.json"
+    measured = {}
+    for path in find(root, args.lectures):
+        print(f"executing {path.name} ({mode} mode) ...", flush=True)
+        seconds = execute(path, write=not args.no_write)
+        print(f"  {seconds:.0f} s", flush=True)
+        measured[path.name] = round(seconds, 1)
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    if not args.no_write and mode == "full":
+        # read just before writing, so that two runs of different lectures keep both results
+        timings.update(measured)
+        timings["_machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        with atomic_open(timings_file, "w") as f:
+            json.dump(dict(sorted(timings.items())), f, indent=1)
+            f.write("\n")
+    else:
+        timings = measured
+    print("\n| lecture | full mode (s) |\n|---|---|")
+    for name, seconds in sorted(timings.items()):
+        if not name.startswith("_"):
+            print(f"| {name} | {seconds:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
