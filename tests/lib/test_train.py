@@ -196,3 +196,22 @@ def test_fit_on_cuda_matches_interface():
     model = small_vae()
     h = aelab.fit(model, data()[0], epochs=1, batch_size=32, device="cuda", precision="bf16", progress=False)
     assert next(model.parameters()).is_cuda and len(h.logs) >= 1
+
+
+def test_drop_last_skips_the_short_batch():
+    seen = []
+
+    class Recorder(aelab.Model):
+        def train_step(self, batch, ctx):
+            seen.append(len(batch))
+            return aelab.Loss(torch.zeros(()))
+
+    model = Recorder(None)
+    model.p = torch.nn.Parameter(torch.zeros(1))
+    aelab.fit(model, torch.randn(10, 3), epochs=2, batch_size=4, drop_last=True, progress=False, device="cpu")
+    assert seen == [4, 4, 4, 4]
+    seen.clear()
+    aelab.fit(model, torch.randn(10, 3), epochs=1, batch_size=4, progress=False, device="cpu")
+    assert seen == [4, 4, 2]
+    with pytest.raises(ValueError, match="leaves no batch"):
+        aelab.fit(model, torch.randn(3, 3), batch_size=4, drop_last=True, progress=False, device="cpu")

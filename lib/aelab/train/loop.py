@@ -99,6 +99,7 @@ def fit(
     precision: str = "fp32",
     compile: bool = False,
     shuffle: bool = True,
+    drop_last: bool = False,
     grad_clip: float | None = None,
     schedule: Callable[[int], float] | None = None,
     log_every: int = 10,
@@ -116,6 +117,9 @@ def fit(
         models read ``batch[0]``), or any iterable of batches (a DataLoader) for data that does not
         fit in memory. In-memory data is moved to the device once and batches are sliced there.
     epochs / max_steps: run ``epochs`` passes, or stop after ``max_steps`` optimisation steps.
+    shuffle / drop_last: reshuffle in-memory data every epoch; drop its last, smaller batch (for
+        objectives that need whole batches, e.g. minibatch-stratified estimates or discriminators
+        on split batches).
     precision: "fp32" or "bf16" (autocast on CPU or CUDA). compile: wrap the forward in torch.compile.
     schedule: learning-rate multiplier as a function of the step (see ``aelab.train.schedules``).
     log_every: steps between history rows (each row averages the loss terms since the last).
@@ -147,7 +151,9 @@ def fit(
         on_device = _fits_on(dev, tensors)
         tensors = tuple(t.to(dev, non_blocking=True) if on_device else (t.pin_memory() if dev.type == "cuda" else t) for t in tensors)
         n = tensors[0].shape[0]
-        steps_per_epoch = math.ceil(n / batch_size)
+        steps_per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
+        if steps_per_epoch == 0:
+            raise ValueError(f"drop_last=True with {n} examples and batch_size={batch_size} leaves no batch; lower batch_size")
     else:
         if not isinstance(data, Iterable):
             raise TypeError(f"data must be a tensor, a tuple of tensors or an iterable of batches, got {type(data).__name__}")
