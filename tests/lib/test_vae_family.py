@@ -147,6 +147,12 @@ def test_info_vae_objective_weights_and_the_elbo_special_case():
     loss = weighted.loss(x, weighted(x))
     t = loss.terms
     assert torch.allclose(loss.total, t["recon"] + 0.75 * t["kl"] + 9.25 * t["mmd"])
+    # the defaults (alpha = 0, lambda = 100): the ELBO's KL with weight 1 plus 99 MMD^2
+    default = aelab.build("info_vae", hidden=(32,), latent_dim=3)
+    default.load_state_dict(vae.state_dict())
+    loss = default.loss(x, default(x))
+    t = loss.terms
+    assert torch.allclose(loss.total, t["recon"] + t["kl"] + 99.0 * t["mmd"])
     with pytest.raises(ValueError, match="alpha must be <= 1"):
         aelab.build("info_vae", alpha=1.5)
     with pytest.raises(ValueError, match="MMD weight"):

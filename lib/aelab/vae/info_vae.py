@@ -13,9 +13,17 @@ posterior samples z of the batch are samples of q(z), compared to as many prior 
 -L_InfoVAE: per example recon + (1 - alpha) KL, batch mean, plus (alpha + lambda - 1) MMD^2 of
 the batch.
 
-The defaults (alpha = 1: no per-example KL, the MMD-VAE; lambda = 100) were chosen so that a
-summed-over-pixels MNIST likelihood trains to an informative code in a few epochs; much larger
-lambda (1000) collapsed q(z|x) to the prior early in such short runs. They are not the paper's.
+Defaults: alpha = 0, as in Zhao et al.'s experiments (the per-example KL keeps weight 1, so the
+objective is the ELBO minus (lambda - 1) MMD^2), and lambda = 100, ten times smaller than their
+1000. In 5-epoch MNIST runs (20k images, likelihood summed over pixels, Adam 1e-3, 2-D and 16-D
+latents) lambda = 1000 collapsed q(z|x) onto the prior, or nearly (mean posterior std 1.0 and 0.84;
+squared reconstruction error 58 and 46 per image, against 53 for predicting the mean image), while
+lambda = 100 kept an informative code and lowered the MMD of the test codes to N(0, I) by a quarter
+(2-D) to a half (16-D) relative to the VAE, for 2 % (2-D) to 14 % (16-D) more reconstruction
+error. alpha = 1 drops the KL term, so the encoder is free to become deterministic; in the same
+runs its aggregate posterior was no closer to the prior than the VAE's (wide tails, presumably
+because the single-scale Gaussian kernel barely pulls codes far from the prior draws). Pass
+alpha=1.0 for that MMD-only objective.
 """
 
 from __future__ import annotations
@@ -33,10 +41,10 @@ from aelab.vae.vae import VAE, VAEConfig, VAEOutput
 
 @dataclass
 class InfoVAEConfig(VAEConfig):
-    alpha: float = 1.0
-    """alpha of Zhao et al.: the KL term has weight 1 - alpha (must be <= 1; 1 drops it, the MMD-VAE)."""
+    alpha: float = 0.0
+    """alpha of Zhao et al.: the KL term has weight 1 - alpha (must be <= 1; 0 keeps the ELBO's KL, 1 drops it)."""
     lambda_: float = 100.0
-    """lambda of Zhao et al.: the MMD term has weight alpha + lambda - 1 (must be >= 0)."""
+    """lambda of Zhao et al.: the MMD term has weight alpha + lambda - 1 (must be >= 0); see the module docstring."""
     kernel: str = "rbf"
     """MMD kernel: "rbf" (the Gaussian kernel of Zhao et al.) or "imq"."""
     kernel_scales: tuple[float, ...] = (1.0,)
