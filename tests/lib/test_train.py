@@ -215,3 +215,14 @@ def test_drop_last_skips_the_short_batch():
     assert seen == [4, 4, 2]
     with pytest.raises(ValueError, match="leaves no batch"):
         aelab.fit(model, torch.randn(3, 3), batch_size=4, drop_last=True, progress=False, device="cpu")
+
+
+def test_bf16_is_fast_reads_the_cpu_flags(monkeypatch):
+    from aelab.train import precision
+
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert precision.bf16_is_fast("cpu")
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert not precision.bf16_is_fast("cpu")
+    assert not precision.bf16_is_fast("meta")

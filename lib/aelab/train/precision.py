@@ -1,0 +1,40 @@
+"""Which precision is worth asking ``fit`` for on this machine."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+import torch
+
+# CPU flags of native bf16 matrix arithmetic: AMX tiles (Sapphire Rapids and later) and AVX512-BF16.
+_NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The feature flags of the first CPU in /proc/cpuinfo (Linux); empty elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_is_fast(device: str | torch.device | None = None) -> bool:
+    """True where bf16 autocast speeds up matmuls: a CUDA device with bf16 support, or a CPU with AMX / AVX512-BF16.
+
+    Elsewhere bf16 on a CPU is emulated and slower than fp32, so lectures pass
+    ``precision="bf16" if bf16_is_fast() else "fp32"`` to ``fit``. ``device`` defaults to ``aelab.device()``.
+    """
+    from aelab._env import device as default_device
+
+    dev = torch.device(device) if device is not None else default_device()
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if dev.type == "cpu":
+        return platform.machine().lower() in ("x86_64", "amd64") and any(f in _cpu_flags() for f in _NATIVE_BF16_FLAGS)
+    return False
