@@ -104,10 +104,12 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path):
     assert torch.equal(params(resumed), params(straight))
     assert [r["step"] for r in h.logs] == list(range(1, 16))
     assert h["recon"][7:] == pytest.approx(h_straight["recon"][7:], rel=1e-6)
-    # Finished: calling again does nothing more.
+    assert h.seconds > 0 and h_straight.seconds > 0, "the history records the training time"
+    # Finished: calling again does nothing more, and reports the time the training took.
     again = small_vae()
-    aelab.fit(again, x, epochs=3, batch_size=20, checkpoint=ckpt, progress=False)
+    h_again = aelab.fit(again, x, epochs=3, batch_size=20, checkpoint=ckpt, progress=False)
     assert torch.equal(params(again), params(straight))
+    assert h.seconds <= h_again.seconds < h.seconds + 0.5
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):

@@ -15,6 +15,8 @@ class History:
 
     logs: list[dict[str, float]] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    """Wall-clock seconds ``fit`` spent training, summed over the runs of a resumed training."""
 
     def __getitem__(self, key: str) -> np.ndarray:
         """``history["kl"]``: that term over the logged steps (from ``logs``, else ``evals``)."""
@@ -35,11 +37,11 @@ class History:
         return list(seen)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"logs": self.logs, "evals": self.evals}
+        return {"logs": self.logs, "evals": self.evals, "seconds": self.seconds}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:
-        return cls(logs=list(d.get("logs", [])), evals=list(d.get("evals", [])))
+        return cls(logs=list(d.get("logs", [])), evals=list(d.get("evals", [])), seconds=float(d.get("seconds", 0.0)))
 
     def plot(self, terms: list[str] | None = None, ax=None, logy: bool = False):
         """Plot loss terms against the step; returns the matplotlib axes."""

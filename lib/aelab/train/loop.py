@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,8 +190,11 @@ def fit(
         grad_clip=grad_clip,
     )
 
+    started, seconds_before = time.perf_counter(), history.seconds
+
     def save() -> None:
         nonlocal last_good
+        history.seconds = seconds_before + time.perf_counter() - started
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, model, optimizers, state, history.to_dict(), epoch_rng)
             last_good = ckpt_path
