@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aelab.functional import bernoulli_log_likelihood, topk_activation
+from aelab.functional import bernoulli_log_likelihood, squared_error, topk_activation
 from aelab.nn.backbone import make_decoder, make_encoder
 from aelab.nn.base import Loss, Model
 from aelab.registry import register
@@ -116,7 +116,7 @@ class Autoencoder(Model):
         if self.config.likelihood == "bernoulli":
             recon = -bernoulli_log_likelihood(x, out.recon)
         else:
-            recon = (out.recon - x).pow(2).flatten(1).sum(1)
+            recon = squared_error(x, out.recon)
         terms = {"recon": recon.mean()}
         total = terms["recon"]
         if self.config.l1 > 0:

@@ -13,6 +13,7 @@ from aelab.functional.distributions import (
     laplace_log_likelihood,
     log_normal,
     reparameterize,
+    squared_error,
 )
 from aelab.functional.estimators import (
     LatentVariableModel,
@@ -46,7 +47,6 @@ from aelab.functional.sparsity import (
     prefix_reconstructions,
     rectangle,
     remove_parallel_grad,
-    squared_error,
     topk_activation,
 )
 from aelab.functional.total_correlation import (

@@ -108,6 +108,17 @@ def laplace_log_likelihood(x: Tensor, loc: Tensor, log_scale: Tensor | float = 0
     return _sum_except_batch(lp)
 
 
+def squared_error(x: Tensor, recon: Tensor) -> Tensor:
+    """||x - x_hat||^2 per example, summed over every non-batch dimension: (B, ...) twice -> (B,).
+
+    The reconstruction cost of deterministic autoencoders (WAE, SWAE, VQ-VAE, SAEs); a Gaussian
+    log-likelihood up to its scale and constant. No mean over the batch.
+    """
+    if x.shape != recon.shape:
+        raise ValueError(f"x and its reconstruction must have the same shape, got {tuple(x.shape)} and {tuple(recon.shape)}")
+    return (x - recon).pow(2).flatten(1).sum(1)
+
+
 def elbo(log_likelihood: Tensor, kl: Tensor, beta: float = 1.0) -> Tensor:
     """The evidence lower bound per example: E_q[log p(x|z)] - beta * KL(q(z|x) || p(z)).
 

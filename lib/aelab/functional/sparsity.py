@@ -146,13 +146,6 @@ def heaviside_step(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
     return _HeavisideStep.apply(z, _check_threshold(z, threshold, bandwidth), float(bandwidth))
 
 
-def squared_error(x: Tensor, recon: Tensor) -> Tensor:
-    """||x - x_hat||^2 per example, summed over features: (B, d) -> (B,)."""
-    if x.shape != recon.shape:
-        raise ValueError(f"x and its reconstruction must have the same shape, got {tuple(x.shape)} and {tuple(recon.shape)}")
-    return (x - recon).pow(2).flatten(1).sum(1)
-
-
 def l1_penalty(acts: Tensor, decoder_norms: Tensor | None = None) -> Tensor:
     """sum_i |f_i| ||W_dec,i|| per example: (B, d_sae) and optional norms (d_sae,) -> (B,).
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aelab.functional import bernoulli_log_likelihood, energy_distance, sliced_wasserstein
+from aelab.functional import bernoulli_log_likelihood, energy_distance, sliced_wasserstein, squared_error
 from aelab.nn.backbone import make_decoder, make_encoder
 from aelab.nn.base import Loss, Model
 from aelab.registry import register
@@ -113,7 +113,7 @@ class SWAE(Model):
         """Reconstruction cost summed over pixels: (B, *input_shape) twice -> (B,)."""
         if self.config.cost == "bce":
             return -bernoulli_log_likelihood(x, recon)
-        return (recon - x).pow(2).flatten(1).sum(1)
+        return squared_error(x, recon)
 
     def distance(self, z: Tensor, z_prior: Tensor) -> Tensor:
         """The configured distance between the codes and the prior draws, one number for the batch."""

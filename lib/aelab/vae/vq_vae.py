@@ -39,6 +39,7 @@ from aelab.functional import (
     codebook_perplexity,
     ema_codebook_update,
     quantize,
+    squared_error,
     straight_through,
 )
 from aelab.nn.backbone import BACKBONES, make_decoder, make_encoder
@@ -178,12 +179,12 @@ class VQVAE(Model):
         if self.config.likelihood == "bernoulli":
             recon = -bernoulli_log_likelihood(x, out.recon)
         else:
-            recon = (out.recon - x).pow(2).flatten(1).sum(1)
-        commitment = (out.z_e - out.z_q.detach()).pow(2).flatten(1).sum(1).mean()
+            recon = squared_error(x, out.recon)
+        commitment = squared_error(out.z_e, out.z_q.detach()).mean()
         terms = {"recon": recon.mean(), "commitment": commitment}
         total = terms["recon"] + self.config.beta * commitment
         if not self.config.ema:
-            terms["codebook"] = (out.z_q - out.z_e.detach()).pow(2).flatten(1).sum(1).mean()
+            terms["codebook"] = squared_error(out.z_q, out.z_e.detach()).mean()
             total = total + terms["codebook"]
         terms["perplexity"] = codebook_perplexity(out.indices, self.config.codebook_size)
         return Loss(total, terms)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aelab.functional import bernoulli_log_likelihood, kernel_scales, mmd, reparameterize
+from aelab.functional import bernoulli_log_likelihood, kernel_scales, mmd, reparameterize, squared_error
 from aelab.nn.backbone import make_decoder, make_encoder
 from aelab.nn.base import Loss, Model
 from aelab.registry import register
@@ -116,7 +116,7 @@ class WAE(Model):
         """c(x, x_hat) summed over pixels: (B, *input_shape) twice -> (B,)."""
         if self.config.cost == "bce":
             return -bernoulli_log_likelihood(x, recon)
-        return (recon - x).pow(2).flatten(1).sum(1)
+        return squared_error(x, recon)
 
     def loss(self, batch, out: WAEOutput) -> Loss:
         """Reconstruction cost (sum over pixels, batch mean) + lambda * MMD^2(codes, prior draws) of the batch.
