@@ -4,18 +4,35 @@ The course root is the repository: instructors write source notebooks in solutio
 `make assignments` releases them into assignments/ with solutions and hidden tests removed.
 """
 
+import os
+import sys
 from pathlib import Path
 
 c = get_config()  # noqa: F821  (provided by traitlets when nbgrader loads this file)
 
-c.CourseDirectory.root = str(Path(__file__).resolve().parent.parent)
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+c.CourseDirectory.root = str(ROOT)
 c.CourseDirectory.course_id = "autoencoders"
 c.CourseDirectory.source_directory = "solutions"
 c.CourseDirectory.release_directory = "assignments"
 c.CourseDirectory.submitted_directory = "submitted"
 c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
-c.CourseDirectory.db_url = f"sqlite:///{Path(__file__).resolve().parent.parent / 'gradebook.db'}"
+c.CourseDirectory.db_url = f"sqlite:///{ROOT / 'gradebook.db'}"
+
+# nbgrader's exchange (release_assignment, fetch, submit, collect, release_feedback): by default the
+# git-ignored folder exchange/ inside the course, enough to try the whole cycle with one account.
+# On JupyterHub every user's server must reach one shared folder: set AELAB_EXCHANGE to it in the
+# grader's environment (the instructor guide, "Many students on JupyterHub").
+c.Exchange.root = os.environ.get("AELAB_EXCHANGE") or str(ROOT / "exchange")
+
+# Late submissions lose 10% of the score per started day (the syllabus' rule), by the plugin in
+# course/late.py; this folder goes on sys.path so that nbgrader can import it from any directory.
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+c.AssignLatePenalties.plugin_class = "late.TenPercentPerDay"
 
 # Autograding runs each submission with nbgrader's Execute preprocessor (an nbclient client).
 # Training cells take up to a minute or two on a laptop CPU in full mode. A cell that runs longer

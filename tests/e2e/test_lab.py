@@ -1,9 +1,11 @@
-"""`make lab` serves the course: the server answers, JupyterLab and the formgrader load, extensions are on."""
+"""`make lab` serves the course: the server answers, JupyterLab and the formgrader load, extensions are on, and a
+headless browser renders the JupyterLab shell with the Nbgrader menu (tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -105,3 +107,14 @@ def test_nbgrader_and_rise_extensions_are_enabled(lab):
     text = out.stdout + out.stderr
     for ext in ("nbgrader.server_extensions.formgrader", "jupyterlab_rise"):
         assert any(ext in line and "enabled" in line for line in text.splitlines()), f"{ext} not enabled:\n{text}"
+
+
+def test_lab_shell_and_nbgrader_menu_render_in_chromium(lab, chromium):
+    """Headless Chromium renders JupyterLab's shell from the server `make lab` started, with the Nbgrader menu."""
+    url = f"{lab['base']}/lab?token={lab['token']}"
+    dom = chromium.dom(url, budget_ms=30000, timeout=180)
+    assert re.search(r'class="[^"]*\bjp-LabShell\b', dom), f"the JupyterLab shell did not render:\n{dom[:2000]}"
+    menus = re.findall(r'class="[^"]*\blm-MenuBar-itemLabel\b[^"]*"[^>]*>([^<]+)<', dom)
+    assert "File" in menus, f"JupyterLab's menu bar did not render: {menus}"
+    assert "Nbgrader" in menus, f"no Nbgrader menu in the menu bar: {menus}"
+    chromium.screenshot(url, "jupyterlab", budget_ms=30000, timeout=180)

@@ -8,22 +8,22 @@ show), its tampering submission, lines the release must not contain and a feedba
 assignment's source notebook and an nbgrader_config.py that loads the course's own
 course/nbgrader_config.py and changes only the course root, the database and the cell timeout; it
 generates the release, fills it once per student and autogrades all of them in one nbgrader call.
+The temporary course, the nbgrader runner and the filling of a release are ``aelab.grading``'s,
+the same code ``make grading-demo`` runs.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+from aelab.grading import fill, nbgrader, solution_cells, submit  # noqa: F401  (re-exported for the tests)
+from aelab.grading import make_course as make_course_of
 
 REPO = Path(__file__).resolve().parents[2]
 COURSE_ID = "autoencoders"
@@ -114,67 +114,9 @@ def load_specs() -> dict[str, AssignmentSpec]:
     return specs
 
 
-def nbgrader(course: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``nbgrader ARGS`` in the temporary course's course/ folder, Jupyter state isolated; fail with its log."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "IPYTHON"))}
-    state = course / ".state"
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # nbgrader runs `alembic`
-        JUPYTER_CONFIG_DIR=str(state / "config"),
-        JUPYTER_DATA_DIR=str(state / "data"),
-        JUPYTER_RUNTIME_DIR=str(state / "runtime"),
-        JUPYTER_CONFIG_PATH=str(course / "course"),
-        JUPYTER_PLATFORM_DIRS="1",
-        IPYTHONDIR=str(state / "ipython"),
-        MPLCONFIGDIR=str(state / "matplotlib"),
-        PYDEVD_DISABLE_FILE_VALIDATION="1",
-        AELAB_FAST="1",
-        OMP_NUM_THREADS="1",  # small matmuls on a busy 2-core machine are faster on one thread
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", "nbgrader", *args], cwd=course / "course", env=env,
-        capture_output=True, text=True, timeout=timeout,
-    )
-    assert proc.returncode == 0, f"nbgrader {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-    return proc
-
-
 def make_course(root: Path, spec: AssignmentSpec) -> Path:
     """A temporary course: the assignment's source folder copied from solutions/ and a config on top of the course's."""
-    shutil.copytree(REPO / "solutions" / spec.name, root / "solutions" / spec.name, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    (root / "course").mkdir()
-    (root / "course" / "nbgrader_config.py").write_text(
-        "c = get_config()  # noqa: F821\n"
-        f"load_subconfig({str(REPO / 'course' / 'nbgrader_config.py')!r})  # noqa: F821\n"
-        f"c.CourseDirectory.root = {str(root)!r}\n"
-        f"c.CourseDirectory.db_url = {'sqlite:///' + str(root / 'gradebook.db')!r}\n"
-        f"c.Execute.timeout = {spec.timeout}\n"
-    )
-    return root
-
-
-def solution_cells(nb: nbformat.NotebookNode) -> dict[str, str]:
-    """grade_id -> source of every solution cell of a notebook."""
-    return {c.metadata["nbgrader"]["grade_id"]: c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")}
-
-
-def fill(
-    release: nbformat.NotebookNode,
-    source: nbformat.NotebookNode,
-    answers: Mapping[str, str | Callable[[str], str]] | None = None,
-) -> nbformat.NotebookNode:
-    """The release with its solution cells filled as a student would: from the source, or from ``answers``."""
-    filled = solution_cells(source)
-    for grade_id, answer in (answers or {}).items():
-        if grade_id not in filled:
-            raise KeyError(f"{grade_id!r} is not a solution cell of the source; solution cells are {sorted(filled)}")
-        filled[grade_id] = answer(filled[grade_id]) if callable(answer) else answer.strip()
-    nb = nbformat.from_dict(json.loads(json.dumps(release)))
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if meta.get("solution"):
-            cell.source = filled[meta["grade_id"]]
-    return nb
+    return make_course_of(root, REPO, [spec.name], timeout=spec.timeout)
 
 
 class GradedCourse:
@@ -215,9 +157,7 @@ def grade(spec: AssignmentSpec, root: Path) -> GradedCourse:
     notebooks = {"solution": fill(release, source), "blank": release}
     notebooks.update({student: fill(release, source, sub.answers) for student, sub in spec.submissions.items()})
     for student, nb in notebooks.items():
-        folder = root / "submitted" / student / spec.name
-        folder.mkdir(parents=True)
-        nbformat.write(nb, folder / spec.notebook)
+        submit(root, spec.name, student, nb)
     nbgrader(root, "autograde", spec.name, timeout=900)
     return GradedCourse(spec, root)
 
