@@ -150,6 +150,20 @@ KNOWN_SECRET_LINES = {
         "total = -elbo(log_px, kl, beta=self.config.beta).mean()",
         'check_close(mu.grad, torch.tensor([[0.5, -2.0]]), "d kl_normal / d mu"',
     ),
+    "a02_disentangling": (
+        "log_qz = torch.logsumexp(pairs.sum(-1), dim=1) - log_nm  # (B,)",
+        "order = keys.argsort(dim=0).to(z.device)  # (B, d): an independent permutation per column",
+        "target = torch.cat([torch.zeros(z.shape[0]), torch.ones(fake.shape[0])]).long().to(logits.device)",
+        "return -log_likelihood.mean() + gamma * (kl.mean() - capacity).abs()",
+        "always_real = lambda codes: torch.stack([torch.ones(codes.shape[0]), torch.zeros(codes.shape[0])], dim=1)",
+    ),
+    "a03_metrics": (
+        "np.add.at(joint, (a, b), 1.0)",
+        "top = np.sort(mi, axis=0)[::-1]  # each factor's column, largest first",
+        "d_per_code = 1.0 - normalised_entropy(R, axis=1, base=K)  # (d,)",
+        "dims = np.flatnonzero(active)[spread.argmin(axis=1)]  # (n,): the vote of each batch",
+        'check_close(pair(dci_scores(np.zeros((3, 2)))), pair([0.0, 0.0]), "dci_scores of an all-zero matrix"',
+    ),
     "a05_superposition": (
         'recon = torch.relu(torch.einsum("imn,bim->bin", W, hidden) + b)',
         "return (importance * (x - recon) ** 2).sum(dim=-1).mean(dim=0)",
