@@ -30,6 +30,99 @@ def topk_activation(pre: Tensor, k: int) -> Tensor:
     return torch.zeros_like(pre).scatter(-1, indices, values)
 
 
+class _TopKEncode(torch.autograd.Function):
+    """pre = x W + b and its k largest entries per row; backward exploits that only k per row are used."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W: Tensor, b: Tensor, k: int):
+        pre = x @ W + b  # the same operations as the dense path, so the same numbers
+        values, indices = torch.topk(pre, k, dim=-1)
+        ctx.save_for_backward(x, W, indices)
+        ctx.mark_non_differentiable(indices)
+        ctx.set_materialize_grads(False)
+        return pre, values, indices
+
+    @staticmethod
+    def backward(ctx, grad_pre: Tensor | None, grad_values: Tensor | None, _):
+        x, W, indices = ctx.saved_tensors
+        B, k = indices.shape
+        d_sae = W.shape[1]
+        dt = torch.promote_types(W.dtype, torch.float32)  # bf16 / fp16 gradients accumulate in fp32
+        g = grad_values.to(dt) if grad_values is not None else torch.zeros(indices.shape, dtype=dt, device=x.device)
+        grad_x = grad_W = grad_b = None
+        if grad_pre is not None:  # something (AuxK) used the dense pre-activations: one dense backward
+            dense = grad_pre.to(dt).scatter_add(-1, indices, g)
+            if ctx.needs_input_grad[0]:
+                grad_x = dense @ W.to(dt).T
+            if ctx.needs_input_grad[1]:
+                grad_W = x.to(dt).T @ dense
+            if ctx.needs_input_grad[2]:
+                grad_b = dense.sum(0)
+        else:  # only the kept entries carry a gradient: B k d_in multiply-adds instead of B d_sae d_in
+            rows = torch.arange(B, device=x.device).repeat_interleave(k)
+            if ctx.needs_input_grad[0]:  # grad_x[b] = sum_s g[b, s] W[:, idx[b, s]]
+                grad_x = torch.nn.functional.embedding_bag(indices, W.to(dt).T.contiguous(), per_sample_weights=g, mode="sum")
+            if ctx.needs_input_grad[1]:  # grad_W[:, j] = sum over (b, s) with idx[b, s] = j of g[b, s] x[b]
+                G = torch.sparse_coo_tensor(torch.stack([indices.flatten(), rows]), g.flatten(), (d_sae, B), check_invariants=False)
+                grad_W = torch.sparse.mm(G, x.to(dt)).T
+            if ctx.needs_input_grad[2]:
+                grad_b = torch.zeros(d_sae, dtype=dt, device=x.device).index_add_(0, indices.flatten(), g.flatten())
+        cast = lambda t, like: None if t is None else t.to(like.dtype)  # noqa: E731
+        return cast(grad_x, x), cast(grad_W, W), cast(grad_b, W), None
+
+
+def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Pre-activations x W_enc + b_enc and their k largest entries per row, with a sparse backward.
+
+    x (B, d_in), W_enc (d_in, d_sae), b_enc (d_sae,) -> pre (B, d_sae), values (B, k), indices (B, k);
+    ``values`` equals ``torch.topk(pre, k).values`` and has the same gradient. When only ``values``
+    reaches the loss, the backward pass touches the B k kept entries (a sparse-dense product for
+    W_enc, an embedding bag for x) instead of two dense (B, d_sae) products; when ``pre`` is used
+    too (the AuxK loss), it falls back to the dense backward. Gradients are computed in fp32 (fp64 for fp64 inputs).
+    """
+    if not 1 <= k <= W_enc.shape[-1]:
+        raise ValueError(f"k must be in [1, {W_enc.shape[-1]}] (the code size), got {k}")
+    return _TopKEncode.apply(x, W_enc, b_enc, k)
+
+
+class _SparseDecode(torch.autograd.Function):
+    """sum_s values[b, s] W[indices[b, s]] by an embedding bag; the W gradient as a sparse-dense product."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, indices: Tensor, W: Tensor) -> Tensor:
+        ctx.save_for_backward(values, indices, W)
+        return torch.nn.functional.embedding_bag(indices, W, per_sample_weights=values.to(W.dtype), mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        values, indices, W = ctx.saved_tensors
+        B, k = indices.shape
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[0]:  # grad_values[b, s] = grad[b] . W[idx[b, s]], by the embedding bag's own backward
+            with torch.enable_grad():
+                v = values.detach().to(W.dtype).requires_grad_()
+                out = torch.nn.functional.embedding_bag(indices, W.detach(), per_sample_weights=v, mode="sum")
+                (grad_values,) = torch.autograd.grad(out, v, grad.to(W.dtype))
+            grad_values = grad_values.to(values.dtype)
+        if ctx.needs_input_grad[2]:  # grad_W[j] = sum over (b, s) with idx[b, s] = j of values[b, s] grad[b]
+            rows = torch.arange(B, device=W.device).repeat_interleave(k)
+            G = torch.sparse_coo_tensor(torch.stack([indices.flatten(), rows]), values.flatten().to(W.dtype), (W.shape[0], B), check_invariants=False)
+            grad_W = torch.sparse.mm(G, grad.to(W.dtype))
+        return grad_values, None, grad_W
+
+
+def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+    """f W_dec for a code given by its non-zeros: values, indices (B, k), W_dec (d_sae, d_in) -> (B, d_in).
+
+    Equals ``torch.zeros(B, d_sae).scatter(-1, indices, values) @ W_dec`` (indices distinct within a
+    row) with B k d_in multiply-adds instead of B d_sae d_in, forward and backward; the sum runs
+    over the k entries of each row. Computed in W_dec's dtype.
+    """
+    if values.shape != indices.shape or values.dim() != 2:
+        raise ValueError(f"values and indices must be (B, k) tensors of the same shape, got {tuple(values.shape)} and {tuple(indices.shape)}")
+    return _SparseDecode.apply(values, indices, W_dec)
+
+
 def batch_topk_activation(pre: Tensor, k: int) -> Tensor:
     """Keep the k * B largest entries of the whole batch, zero the rest: (B, d) -> (B, d).
 

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from aelab.functional import geometric_median, remove_parallel_grad, squared_error
 from aelab.nn.base import Loss, Model
+from aelab.train import distributed
 from aelab.train.schedules import linear_ramp
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
@@ -88,6 +89,25 @@ class SAEOutput:
     """The sparse code f, (B, d_sae)."""
     pre_acts: Tensor
     """Encoder pre-activations (s x - b_dec) W_enc + b_enc, (B, d_sae)."""
+    indices: Tensor | None = None
+    """With a fixed number k of candidates per example (TopK on its sparse path): their latents, (B, k)."""
+    values: Tensor | None = None
+    """The code at ``indices``, (B, k), some possibly 0; ``acts`` is these scattered into (B, d_sae)."""
+
+
+def code_l0(out) -> Tensor:
+    """Non-zero latents per example of an SAE output, (B,) float; from its (B, k) code when it has one (cheaper)."""
+    if getattr(out, "indices", None) is None:
+        return (out.acts != 0).sum(-1).float()
+    return (out.values != 0).sum(-1).float()
+
+
+def code_fired(out) -> Tensor:
+    """Latents of an SAE output non-zero on at least one example of the batch, (d_sae,) bool."""
+    if getattr(out, "indices", None) is None:
+        return (out.acts.detach() != 0).any(0)
+    fired = torch.zeros(out.acts.shape[-1], dtype=torch.bool, device=out.acts.device)
+    return fired.index_fill_(0, out.indices[out.values.detach() != 0], True)
 
 
 class SAE(Model):
@@ -150,7 +170,7 @@ class SAE(Model):
     def common_terms(self, x: Tensor, out: SAEOutput, recon_error: Tensor) -> dict[str, Tensor]:
         """Logged with every SAE loss: ``recon`` (batch mean), ``l0`` (mean non-zeros per example), ``fvu``."""
         x_n = self.normalize(x).detach()
-        terms = {"recon": recon_error.mean(), "l0": (out.acts != 0).sum(-1).float().mean()}
+        terms = {"recon": recon_error.mean(), "l0": code_l0(out).mean()}
         if x.shape[0] > 1:  # FVU needs a batch mean to compare with
             terms["fvu"] = recon_error.detach().sum() / (x_n - x_n.mean(0)).pow(2).sum().clamp_min(1e-12)
         return terms
@@ -202,14 +222,13 @@ class SAE(Model):
         """Non-gradient updates after the optimiser step: decoder renormalisation, firing counters."""
         if self.config.unit_norm_decoder:
             self.W_dec.copy_(F.normalize(self.W_dec, dim=1))
-        fired = (out.acts.detach() != 0).any(0)
-        self.steps_since_fired.add_(1).masked_fill_(fired, 0)
+        self.steps_since_fired.add_(1).masked_fill_(distributed.any_across(code_fired(out)), 0)
 
     def train_step(self, batch: Any, ctx) -> Loss:
         """``initialize`` on the first batch, forward, loss with the warmed-up sparsity coefficient, update, ``after_step``."""
         x = self.check_input(self.inputs(batch))
         if not bool(self.initialized):
-            self.initialize(x)
+            self.initialize(distributed.all_gather_rows(x))  # the whole batch when processes share it
         self.before_step(x, ctx)
         with ctx.autocast():
             out = ctx.model(*self.forward_args(batch))

@@ -39,6 +39,7 @@ class BatchTopKSAE(TopKSAE):
     """BatchTopK in training, a global activation threshold in eval mode."""
 
     Config = BatchTopKSAEConfig
+    sparse_kernels = False  # the number of latents kept varies per example: no fixed (B, k) code
 
     def __init__(self, config: BatchTopKSAEConfig):
         super().__init__(config)

@@ -25,6 +25,7 @@ from torch import Tensor
 from aelab.functional import l1_penalty
 from aelab.nn.base import Loss
 from aelab.registry import register
+from aelab.train import distributed
 from aelab.sae.base import SAE, SAEConfig, SAEOutput
 
 
@@ -77,6 +78,7 @@ class ReLUSAE(SAE):
         every = self.config.resample_every
         if every and (ctx.step + 1) % every == 0:
             self.resample_dead_latents(x, out, ctx.optimizers[0])
+            distributed.broadcast_(self.W_dec, self.W_enc, self.b_enc)  # the draw is random: rank 0's wins
 
     @torch.no_grad()
     def resample_dead_latents(self, x: Tensor, out: SAEOutput, optimizer: torch.optim.Optimizer | None = None) -> Tensor:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aelab.functional import dead_topk_activation, squared_error, topk_activation
+from aelab.functional import dead_topk_activation, sparse_decode, squared_error, topk_activation, topk_encode
 from aelab.nn.base import Loss
 from aelab.registry import register
 from aelab.sae.base import SAE, SAEConfig, SAEOutput
@@ -58,8 +58,28 @@ class TopKSAE(SAE):
 
     Config = TopKSAEConfig
 
+    sparse_kernels: bool | None = None
+    """Encode and decode through the (B, k) code (``topk_encode``, ``sparse_decode``): None (default)
+    does so when k <= d_sae / 8, where it is faster; True / False force it on / off. Same numbers either way."""
+
     def activation(self, pre: Tensor) -> Tensor:
         return torch.relu(topk_activation(pre, self.config.k))
+
+    def uses_sparse_kernels(self) -> bool:
+        """Whether ``forward`` takes the sparse path (see ``sparse_kernels``)."""
+        if self.sparse_kernels is None:
+            return 8 * self.config.k <= self.config.d_sae
+        return self.sparse_kernels
+
+    def forward(self, x: Tensor) -> SAEOutput:
+        if not self.uses_sparse_kernels():
+            return super().forward(x)
+        x_n = self.normalize(self.check_input(x))
+        pre, values, indices = topk_encode(self.encoder_input(x_n), self.W_enc, self.b_enc, self.config.k)
+        values = torch.relu(values)  # (B, k)
+        acts = torch.zeros_like(pre).scatter(-1, indices, values)  # (B, d_sae), for callers that read the dense code
+        recon = (sparse_decode(values, indices, self.decoder_weight()) + self.b_dec) / self.input_scale
+        return SAEOutput(recon=recon, acts=acts, pre_acts=pre, indices=indices, values=values)
 
     def auxk_loss(self, x: Tensor, out: SAEOutput) -> Tensor:
         """||e - e_hat||^2 per example, summed over d_in on the normalised scale: (B,); zeros when no latent is dead."""

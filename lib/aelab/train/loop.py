@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from aelab._env import device as default_device
 from aelab.nn.base import Loss
+from aelab.train import distributed
 from aelab.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from aelab.train.history import History
 
@@ -43,6 +44,9 @@ class StepContext:
     device_type: str = "cpu"
     grad_clip: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    synced_forward: bool = False
+    """Under torchrun: a DistributedDataParallel forward ran since the last ``update``, so its backward
+    averages the gradients across processes; otherwise ``update`` averages them itself."""
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast when ``precision="bf16"``, else nothing."""
@@ -55,6 +59,10 @@ class StepContext:
         opt = self.optimizers[optimizer]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if distributed.active():
+            if not self.synced_forward:  # a backward that did not start from the DDP model's output
+                distributed.average_gradients(p for g in opt.param_groups for p in g["params"])
+            self.synced_forward = False
         if self.grad_clip is not None:
             if params is None:
                 params = [p for g in opt.param_groups for p in g["params"]]
@@ -116,7 +124,8 @@ def fit(
 
     data: a tensor ``(N, ...)``, a tuple/NamedTuple of tensors sharing N (batches keep that type;
         models read ``batch[0]``), or any iterable of batches (a DataLoader) for data that does not
-        fit in memory. In-memory data is moved to the device once and batches are sliced there.
+        fit in memory. In-memory data is moved to the device once and batches are sliced there
+        (on CUDA, data too large for the device stays in pinned memory and is copied without blocking).
     epochs / max_steps: run ``epochs`` passes, or stop after ``max_steps`` optimisation steps.
     shuffle / drop_last: reshuffle in-memory data every epoch; drop its last, smaller batch (for
         objectives that need whole batches, e.g. minibatch-stratified estimates or discriminators
@@ -132,12 +141,21 @@ def fit(
     callbacks: ``callback(ctx, loss)`` after every step.
 
     A NaN or infinite loss raises ``NonFiniteLossError`` naming the step and the last good checkpoint.
+
+    Under ``torchrun --nproc_per_node N`` the model trains as DistributedDataParallel (see
+    ``aelab.train.distributed``): ``batch_size`` is the global batch, each process takes 1/N of it,
+    logged terms are averaged over processes, and only rank 0 shows progress and writes checkpoints.
+    A data loader must yield the same batches in every process (each takes its slice of each batch).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if batch_size < 1 or epochs < 0 or (max_steps is not None and max_steps < 0):
         raise ValueError(f"need batch_size >= 1, epochs >= 0, max_steps >= 0; got {batch_size}, {epochs}, {max_steps}")
     dev = torch.device(device) if device is not None else default_device()
+    dev = distributed.setup(dev)
+    if batch_size < distributed.world_size():
+        raise ValueError(f"batch_size={batch_size} is the global batch, split over {distributed.world_size()} processes; "
+                         "it must be at least the number of processes")
     model.to(dev)
     optimizers = model.configure_optimizers(lr)
     for opt in optimizers:
@@ -167,7 +185,7 @@ def fit(
     if total is None:
         raise ValueError("data has no length: pass max_steps")
 
-    shuffle_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+    shuffle_gen = torch.Generator().manual_seed(distributed.broadcast_int(int(torch.randint(0, 2**62, (1,)).item())))
     history = History()
     state = TrainState()
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
@@ -180,8 +198,9 @@ def fit(
 
     epoch_rng = shuffle_gen.get_state()  # the permutation of the current epoch is drawn from this
 
+    wrapped = distributed.wrap(model, dev)
     ctx = StepContext(
-        model=torch.compile(model) if compile else model,
+        model=torch.compile(wrapped) if compile else wrapped,
         optimizers=optimizers,
         step=state.step,
         epoch=state.epoch,
@@ -190,12 +209,17 @@ def fit(
         grad_clip=grad_clip,
     )
 
+    if wrapped is not model:
+        def mark_synced(*_):
+            ctx.synced_forward = torch.is_grad_enabled()
+
+        wrapped.register_forward_pre_hook(mark_synced)
     started, seconds_before = time.perf_counter(), history.seconds
 
     def save() -> None:
         nonlocal last_good
         history.seconds = seconds_before + time.perf_counter() - started
-        if ckpt_path is not None:
+        if ckpt_path is not None and distributed.rank() == 0:
             save_checkpoint(ckpt_path, model, optimizers, state, history.to_dict(), epoch_rng)
             last_good = ckpt_path
 
@@ -216,17 +240,17 @@ def fit(
             order = torch.randperm(n, generator=shuffle_gen) if shuffle else torch.arange(n)
             order = order.to(dev) if on_device else order
             for b in range(state.batch_in_epoch, steps_per_epoch):
-                idx = order[b * batch_size:(b + 1) * batch_size]
-                yield rebuild(tuple(t.index_select(0, idx) if on_device else t[idx].to(dev, non_blocking=True) for t in tensors))
+                idx = distributed.shard(order[b * batch_size:(b + 1) * batch_size])
+                yield rebuild(tuple(t.index_select(0, idx) if on_device else _host_to(t[idx], dev) for t in tensors))
         else:
             for b, batch in enumerate(data):
                 if b < state.batch_in_epoch:
                     continue
-                yield _to_device(batch, dev)
+                yield _to_device(distributed.shard_batch(batch), dev)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, initial=min(state.step, total), desc=getattr(model, "name", type(model).__name__), disable=not progress, leave=True)
+    bar = tqdm(total=total, initial=min(state.step, total), desc=getattr(model, "name", type(model).__name__), disable=not progress or distributed.rank() != 0, leave=True)
     sums: dict[str, Tensor] = {}
     count = 0
     model.train()
@@ -257,7 +281,8 @@ def fit(
                 for cb in callbacks:
                     cb(ctx, loss)
                 if state.step % log_every == 0 or state.step == total:
-                    row = {k: (v / count).item() for k, v in sums.items()}
+                    means = distributed.mean_across(torch.stack([v / count for v in sums.values()])) if sums else []
+                    row = {k: v.item() for k, v in zip(sums, means)}
                     history.logs.append({"step": state.step, "epoch": state.epoch, **row})
                     bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()}, refresh=False)
                     sums, count = {}, 0
@@ -283,6 +308,13 @@ def fit(
         bar.close()
     model.eval()
     return history
+
+
+def _host_to(t: Tensor, dev: torch.device) -> Tensor:
+    """Copy a host batch to ``dev``; to CUDA through pinned memory (cached by torch), so the copy does not block."""
+    if dev.type == "cuda":
+        return t.pin_memory().to(dev, non_blocking=True)
+    return t.to(dev)
 
 
 def _to_device(batch: Any, dev: torch.device) -> Any:

@@ -1,0 +1,139 @@
+"""Fast paths give the numbers of the plain ones: sparse TopK kernels, on-device batching, bf16 autocast, CUDA.
+
+Each fast path is checked against the plain computation it replaces, values and gradients, in
+float64 where the comparison is exact up to summation order.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import aelab
+from aelab.functional import sparse_decode, topk_activation, topk_encode
+from aelab.train.loop import StepContext
+
+
+def test_topk_encode_matches_topk_values_and_gradients(float64):
+    x, W, b = torch.randn(6, 5), torch.randn(5, 20), torch.randn(20)
+    for use_pre in (False, True):  # only the kept values reach the loss, or the dense pre-activations too (AuxK)
+        leaves = [t.clone().requires_grad_() for t in (x, W, b)]
+        pre, values, indices = topk_encode(*leaves, 3)
+        ref_leaves = [t.clone().requires_grad_() for t in (x, W, b)]
+        ref_pre = ref_leaves[0] @ ref_leaves[1] + ref_leaves[2]
+        ref = torch.topk(ref_pre, 3, dim=-1)
+        assert torch.equal(pre, ref_pre) and torch.equal(values, ref.values) and torch.equal(indices, ref.indices)
+        w = torch.randn(6, 3)
+        extra = (lambda p: p.pow(2).sum()) if use_pre else (lambda p: 0.0)
+        ((values * w).sum() + extra(pre)).backward()
+        ((ref.values * w).sum() + extra(ref_pre)).backward()
+        for got, want, name in zip(leaves, ref_leaves, ("x", "W_enc", "b_enc")):
+            torch.testing.assert_close(got.grad, want.grad, msg=f"grad of {name} (pre used: {use_pre})")
+    with pytest.raises(ValueError, match="k must be"):
+        topk_encode(x, W, b, 21)
+
+
+def test_sparse_decode_matches_the_dense_product(float64):
+    values, W = torch.randn(7, 4, requires_grad=True), torch.randn(30, 6, requires_grad=True)
+    indices = torch.stack([torch.randperm(30)[:4] for _ in range(7)])
+    out = sparse_decode(values, indices, W)
+    v2, W2 = values.detach().clone().requires_grad_(), W.detach().clone().requires_grad_()
+    dense = torch.zeros(7, 30, dtype=torch.float64).scatter(-1, indices, v2) @ W2
+    torch.testing.assert_close(out, dense)
+    g = torch.randn(7, 6)
+    out.backward(g)
+    dense.backward(g)
+    torch.testing.assert_close(values.grad, v2.grad)
+    torch.testing.assert_close(W.grad, W2.grad)
+    with pytest.raises(ValueError, match="same shape"):
+        sparse_decode(values[:, :3], indices, W)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_topk_sae_sparse_path_trains_like_the_dense_one(precision):
+    torch.manual_seed(0)
+    model = aelab.build("sae_topk", d_in=16, d_sae=256, k=4, dead_steps=3, normalize_activations=True)
+    assert model.uses_sparse_kernels(), "k <= d_sae / 8 takes the sparse path by default"
+    dense, sparse = copy.deepcopy(model), copy.deepcopy(model)
+    dense.sparse_kernels, sparse.sparse_kernels = False, True
+    x = torch.randn(64, 16)
+    ctxs = [StepContext(model=m, optimizers=m.configure_optimizers(1e-2), precision=precision) for m in (dense, sparse)]
+    tol = dict(rtol=1e-4, atol=1e-5) if precision == "fp32" else dict(rtol=2e-2, atol=2e-2)
+    saw_dead = False
+    for step in range(8):  # latents die after 3 steps: the AuxK term then takes the dense backward
+        losses = []
+        for m, ctx in zip((dense, sparse), ctxs):
+            ctx.step = step
+            losses.append(m.train_step(x, ctx))
+        saw_dead |= bool(dense.dead_latents().any())
+        for term, value in losses[0].terms.items():
+            torch.testing.assert_close(losses[1].terms[term], value, **tol, msg=f"{term} at step {step}")
+    assert saw_dead, "the comparison covers the AuxK loss"
+    if precision == "fp32":  # in bf16 the dense backward runs bf16 matmuls, the sparse one fp32 sums: Adam moves
+        for (name, p), q in zip(dense.named_parameters(), sparse.parameters()):  # near-zero gradients apart by lr
+            torch.testing.assert_close(q, p, **tol, msg=name)
+        assert torch.equal(dense.steps_since_fired, sparse.steps_since_fired)
+        with torch.no_grad():
+            out_d, out_s = dense(x), sparse(x)
+        torch.testing.assert_close(out_s.acts, out_d.acts, **tol)
+        assert torch.equal(out_s.acts, torch.relu(topk_activation(out_s.pre_acts, 4)))
+
+
+def test_batch_topk_keeps_the_dense_path():
+    model = aelab.build("sae_batch_topk", d_in=16, d_sae=256, k=4)
+    assert not model.uses_sparse_kernels()
+    assert not aelab.build("sae_topk", d_in=16, d_sae=16, k=4).uses_sparse_kernels(), "k > d_sae / 8: dense is faster"
+
+
+def test_in_memory_batching_matches_a_data_loader():
+    x = torch.randn(40, 12, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for data in (x, torch.utils.data.DataLoader(x, batch_size=8, shuffle=False)):
+        aelab.seed_everything(0)
+        model = aelab.build("ae", input_shape=(12,), hidden=(16,), latent_dim=3, likelihood="gaussian")
+        h = aelab.fit(model, data, epochs=2, batch_size=8, shuffle=False, device="cpu", progress=False, log_every=1)
+        runs.append((torch.cat([p.detach().flatten() for p in model.parameters()]), h["recon"]))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert (runs[0][1] == runs[1][1]).all()
+
+
+@pytest.mark.parametrize("name, cfg", [("sae_topk", dict(d_in=16, d_sae=256, k=4)), ("vae", dict(hidden=(32,), latent_dim=3))])
+def test_bf16_autocast_gives_the_fp32_loss_within_bf16_precision(name, cfg):
+    torch.manual_seed(0)
+    model = aelab.build(name, **cfg)
+    x = torch.rand(32, *model.input_shape)
+    if name == "sae_topk":
+        model.initialize(x)
+    torch.manual_seed(1)
+    fp32 = model.loss(x, model(x)).total
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        bf16 = model.loss(x, out).total
+    assert abs(bf16.item() - fp32.item()) <= 0.03 * abs(fp32.item())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_paths_match_the_cpu():
+    torch.manual_seed(0)
+    model = aelab.build("sae_topk", d_in=16, d_sae=256, k=4)
+    x = torch.randn(64, 16)
+    model.initialize(x)
+    gpu = copy.deepcopy(model).cuda()
+    out_c, out_g = model(x), gpu(x.cuda())
+    torch.testing.assert_close(out_g.recon.cpu(), out_c.recon, rtol=1e-4, atol=1e-4)
+    # fit: on-device batching, and data too big for the device kept in pinned host memory
+    from aelab.train import loop
+
+    for fits in (True, False):
+        m = aelab.build("vae", hidden=(32,), latent_dim=3)
+        orig = loop._fits_on
+        loop._fits_on = lambda dev, ts, fits=fits: fits
+        try:
+            h = aelab.fit(m, torch.rand(64, 1, 28, 28), epochs=1, batch_size=16, device="cuda", precision="bf16", progress=False)
+        finally:
+            loop._fits_on = orig
+        assert next(m.parameters()).is_cuda and len(h.logs) >= 1
