@@ -23,7 +23,7 @@ export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export JUPYTER_PLATFORM_DIRS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup data lab test test-lib assignments grade feedback export-grades slides lectures bench lock clean
+.PHONY: help setup data lab test test-lib assignments grade feedback export-grades grading-demo slides browser lectures bench lock clean
 
 help:
 	@echo "make lab          set up (first time only), prepare the data, start JupyterLab on the course"
@@ -34,16 +34,19 @@ help:
 	@echo "make grade        autograde every submission in submitted/"
 	@echo "make feedback     write feedback HTML to feedback/ and export grades.csv"
 	@echo "make lectures     execute every lecture in full mode in place and time it (LECTURES=02 for one)"
-	@echo "make slides       export every lecture to reveal.js HTML in slides/"
+	@echo "make grading-demo the grading cycle on generated submissions (full, partial, blank) in a temporary course"
+	@echo "make slides       export every lecture to reveal.js HTML in slides/ (works offline)"
+	@echo "make browser      install headless Chromium for the browser tests (Debian's chromium; root or sudo)"
 	@echo "make bench        run the benchmarks"
 	@echo "make clean        remove the environment, caches and instructor working state"
 
-$(STAMP): requirements.lock lib/pyproject.toml
+$(STAMP): requirements.lock requirements-nodeps.txt lib/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else 1)' || \
 	  { echo "Python >= 3.11 is needed (found $$($(PYTHON) --version)); install python3.11 or run: make PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -r requirements-nodeps.txt
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e lib
 	@touch $@
 	@echo "environment ready in $(VENV)"
@@ -86,13 +89,27 @@ export-grades: setup
 	$(NBGRADER) export --to ../grades.csv
 	@echo "grades written to grades.csv"
 
-slides: setup
-	mkdir -p slides
-	$(BIN)/jupyter nbconvert --to slides --output-dir slides lectures/*.ipynb
-	@echo "slides written to slides/ (open slides/<lecture>.slides.html)"
+# a temporary course in .cache/grading-demo: release, three generated submissions per assignment
+# (full, partial and late, blank), autograde, feedback, grades.csv; prints the gradebook
+grading-demo: setup data
+	$(BIN)/python -m aelab.grading
 
+# reveal.js, MathJax, require.js, jQuery and the widget renderer come from pinned npm and PyPI
+# packages (cached in .cache/slides/) and are copied into slides/assets/: the decks work offline
+slides: setup
+	$(BIN)/python -m aelab.slides
+
+# Debian's chromium, for the tests that open the slides and JupyterLab in a headless browser
+browser:
+	@command -v chromium >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO="sudo -n"; \
+	else echo "installing chromium needs root or sudo: run  apt-get install chromium  as root"; exit 1; fi; \
+	command -v apt-get >/dev/null || { echo "no apt-get: install Chromium with your system's package manager"; exit 1; }; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null && chromium --version
+
+# BENCH_ARGS=--quick for a one-minute run; the table is printed and written to bench.json
 bench: setup
-	$(BIN)/python -m aelab.bench
+	$(BIN)/python -m aelab.bench --json bench.json $(BENCH_ARGS)
 
 # execute every lecture in full mode, in place, and record its wall time (lectures/timings.json);
 # LECTURES=02 03 runs only those
@@ -103,4 +120,4 @@ lock:
 	$(BIN)/uv pip compile requirements.in --universal --python-version 3.11 -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache slides submitted autograded feedback gradebook.db grades.csv
+	rm -rf $(VENV) .cache .pytest_cache slides screenshots submitted autograded feedback exchange gradebook.db grades.csv
