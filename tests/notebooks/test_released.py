@@ -171,6 +171,13 @@ KNOWN_SECRET_LINES = {
         "per_instance = instance_losses(self.inputs(batch), out.recon, self.importance)",
         "W2[1] += 1.0",
     ),
+    "a06_sae": (
+        "l1 = (acts.abs() * decoder_norms).sum(dim=-1)  # (B,)",
+        "acts = torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))  # (B, d_sae)",
+        "grad_threshold = (grad * -(threshold / eps) * kernel).sum(dim=0)  # (d,): summed over the batch",
+        "total = (x - x.mean(dim=0)).pow(2).sum()  # around the mean of each dimension",
+        'ref_jumprelu = reference("aelab.functional.sparsity.jumprelu")',
+    ),
 }
 
 
