@@ -131,3 +131,23 @@ def test_traversal_explorer_updates_and_degrades():
     assert base64.b64decode(bundle["image/png"]) == ex.view.value  # JSON-ready: base64 text
     with pytest.raises(ValueError, match="z0"):
         viz.traversal_explorer(decode, latent_dim=3, z0=torch.zeros(2))
+
+
+def test_hinton_square_areas_follow_the_values():
+    from matplotlib.collections import PatchCollection
+
+    m = np.array([[4.0, 0.0], [-1.0, 1.0], [0.0, 0.0]])
+    ax = viz.hinton(m, row_names=["z1", "z2", "z3"], col_names=["a", "b"], title="R")
+    (patches,) = [c for c in ax.collections if isinstance(c, PatchCollection)]
+    paths = patches.get_paths()
+    assert len(paths) == 3  # zeros draw nothing
+    sides = sorted(np.ptp(p.vertices[:, 0]) for p in paths)
+    assert np.allclose(sides, [0.5, 0.5, 1.0])  # area proportional to |value|: sqrt(1/4), sqrt(1/4), 1
+    colours = [tuple(c[:3]) for c in patches.get_facecolors()]
+    assert colours.count((0.0, 0.0, 0.0)) == 1  # the one negative entry is black
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["z1", "z2", "z3"]
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # row 0 on top
+    with pytest.raises(ValueError, match="2-D"):
+        viz.hinton(np.ones(3))
+    with pytest.raises(ValueError, match="row_names"):
+        viz.hinton(m, row_names=["z1"])

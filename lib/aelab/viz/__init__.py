@@ -3,12 +3,13 @@ and ipywidgets explorers. Each function returns the matplotlib figure or axes it
 """
 
 from aelab.viz.images import compare_reconstructions, image_rows, make_grid, show_features, show_images
-from aelab.viz.latents import latent_grid, latent_scatter, plot_history, traversal_grid
+from aelab.viz.latents import hinton, latent_grid, latent_scatter, plot_history, traversal_grid
 from aelab.viz.widgets import TraversalExplorer, traversal_explorer
 
 __all__ = [
     "TraversalExplorer",
     "compare_reconstructions",
+    "hinton",
     "image_rows",
     "latent_grid",
     "latent_scatter",

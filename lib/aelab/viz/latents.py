@@ -1,5 +1,5 @@
 """Pictures of a latent space: codes coloured by class, a decoded 2-D manifold, latent traversals,
-and training curves one panel per loss term.
+training curves one panel per loss term, and Hinton diagrams of code-factor matrices.
 
 ``decode_fn`` is any function from codes (B, latent_dim) to images (B, C, H, W) in [0, 1], such as
 ``model.decode``; it is called under ``torch.no_grad`` with codes on the device of ``z0`` (CPU when
@@ -184,3 +184,58 @@ def plot_history(history, terms: Sequence[str] | None = None, logy: bool = False
         ax.set_visible(False)
     fig.tight_layout()
     return fig
+
+
+def hinton(
+    matrix: Tensor | np.ndarray,
+    ax=None,
+    row_names: Sequence[str] | None = None,
+    col_names: Sequence[str] | None = None,
+    max_value: float | None = None,
+    title: str | None = None,
+):
+    """Hinton diagram of a matrix (R, C): one square per entry, its area proportional to |value|; returns the axes.
+
+    Positive entries are white squares, negative ones black, on a grey background; the largest
+    |value| (or ``max_value``) fills its cell, so a square of side s stands for s^2 * max_value.
+    Row r is drawn at height r from the top (as the matrix reads), column c at x = c. Used for the
+    DCI importance matrix R (codes x factors): a disentangled code has one square per row, a complete
+    one one square per column. ``row_names`` / ``col_names`` label the rows and columns.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    m = np.asarray(torch.as_tensor(matrix).detach().cpu(), dtype=np.float64)
+    if m.ndim != 2 or 0 in m.shape:
+        raise ValueError(f"hinton needs a non-empty 2-D matrix (rows, columns), got shape {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError("hinton: the matrix contains NaN or infinite values")
+    rows, cols = m.shape
+    for names, n, what in ((row_names, rows, "row_names"), (col_names, cols, "col_names")):
+        if names is not None and len(names) != n:
+            raise ValueError(f"{what} must name all {n} {what[:3]}s, got {len(names)} names")
+    top = float(np.abs(m).max()) if max_value is None else float(max_value)
+    if top < 0:
+        raise ValueError(f"max_value must be >= 0, got {max_value}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.45 * cols + 1.2, 0.45 * rows + 0.8))
+    ax.set_facecolor("0.55")
+    squares, colours = [], []
+    for r in range(rows):
+        for c in range(cols):
+            if m[r, c] == 0 or top == 0:
+                continue
+            side = math.sqrt(min(abs(m[r, c]) / top, 1.0))  # area, not side, proportional to |value|
+            squares.append(Rectangle((c - side / 2, r - side / 2), side, side))
+            colours.append("white" if m[r, c] > 0 else "black")
+    ax.add_collection(PatchCollection(squares, facecolors=colours, edgecolors="none"))
+    ax.set_xlim(-0.5, cols - 0.5)
+    ax.set_ylim(rows - 0.5, -0.5)  # row 0 on top
+    ax.set_aspect("equal")
+    ax.set_xticks(range(cols), list(col_names) if col_names is not None else [str(c) for c in range(cols)])
+    ax.set_yticks(range(rows), list(row_names) if row_names is not None else [str(r) for r in range(rows)])
+    ax.tick_params(length=0)
+    if title:
+        ax.set_title(title)
+    return ax
