@@ -26,6 +26,11 @@ SMALL: dict[str, list[dict]] = {
     "swae": [dict(hidden=(32,), latent_dim=3, n_projections=8), dict(hidden=(32,), latent_dim=2, distance="energy", cost="squared")],
     "vq_vae": [dict(channels=4, embedding_dim=4, codebook_size=16),
                dict(backbone="mlp", hidden=(32,), n_vectors=4, embedding_dim=3, codebook_size=8, ema=True, dead_code_steps=3)],
+    "ss_vae": [dict(hidden=(32,), classifier_hidden=(16,), latent_dim=3),
+               dict(backbone="conv", hidden=(16,), classifier_hidden=(16,), channels=4, latent_dim=2, unsupervised="relaxed")],
+    "drnet": [dict(frame_shape=(1, 8, 8), n_frames=4, content_dim=6, pose_dim=2, channels=4, disc_hidden=(8,)),
+              dict(frame_shape=(1, 16, 16), n_frames=3, content_dim=4, pose_dim=3, channels=4, adv_weight=0.0)],
+    "drnet_lstm": [dict(frame_shape=(1, 8, 8), n_frames=5, content_dim=6, pose_dim=2, channels=4, lstm_hidden=8, n_past=2)],
     # disentanglement models
     "beta_vae": [dict(input_shape=(1, 28, 28), backbone="mlp", hidden=(32,), latent_dim=3),
                  dict(channels=4, hidden=(16,), latent_dim=3, anneal_capacity=True, gamma=10.0, capacity_max=5.0, capacity_steps=1000)],
@@ -33,6 +38,13 @@ SMALL: dict[str, list[dict]] = {
                    dict(channels=4, hidden=(16,), latent_dim=3, estimator="mws", dataset_size=1000)],
     "factor_vae": [dict(input_shape=(1, 28, 28), backbone="mlp", hidden=(32,), latent_dim=3, gamma=5.0, disc_hidden=(16, 16)),
                    dict(channels=4, hidden=(16,), latent_dim=2, disc_hidden=(8,))],
+    "topdis": [dict(input_shape=(1, 28, 28), backbone="mlp", hidden=(32,), latent_dim=3, topdis_weight=1.0),
+               dict(input_shape=(1, 28, 28), backbone="mlp", hidden=(16,), latent_dim=2, rtd="full", topdis_points=8)],
+    "topdis_factor_vae": [dict(input_shape=(1, 28, 28), backbone="mlp", hidden=(32,), latent_dim=3, gamma=5.0, disc_hidden=(16,))],
+    # time series
+    "time_vae": [dict(input_shape=(12, 3), latent_dim=3, channels=(8, 16)),
+                 dict(input_shape=(10, 2), latent_dim=2, channels=(4,), trend_degree=2, seasons=((2, 3), (4, 1)),
+                      use_level=True, use_residual=False)],
     # sparse autoencoders and the toy model of superposition
     "toy_superposition": [dict(n_features=5, n_hidden=2, n_instances=3),
                           dict(n_features=4, n_hidden=2, n_instances=2, feature_probability=(0.3,),
