@@ -138,3 +138,39 @@ def test_feature_geometry_of_known_configurations():
     assert torch.allclose(feature_dimensionality(pentagon * 3.0), feature_dimensionality(pentagon), atol=1e-6)
     with pytest.raises(ValueError, match="n_hidden"):
         feature_norms(torch.ones(3))
+
+
+# -- MIG and DCI of SAE latents against known features ---------------------------------------------
+
+def test_activity_levels_classes_and_invariance() -> None:
+    from aelab.metrics.sae import activity_levels
+
+    acts = torch.tensor([[0.0, 1.0], [0.2, 0.0], [0.4, 3.0], [0.6, 2.0], [0.8, 0.0]])
+    assert activity_levels(acts, levels=2).tolist() == [[0, 1], [1, 0], [1, 2], [2, 1], [2, 0]]
+    rescaled = torch.where(acts != 0, 5 * acts.pow(3) + 1, 0.0)  # increasing map of the non-zero values
+    assert torch.equal(activity_levels(rescaled, 2), activity_levels(acts, 2))
+    with pytest.raises(ValueError, match="levels"):
+        activity_levels(acts, 0)
+
+
+def test_sae_disentanglement_perfect_and_random_codes() -> None:
+    from aelab.data import toy_features
+    from aelab.metrics.sae import sae_disentanglement
+
+    truth = toy_features(3000, 8, sparsity=0.8, seed=0).features                      # (N, 8)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    perfect = torch.zeros(3000, 20)                                                   # 8 live latents, 12 dead
+    perfect[:, 3:11] = truth[:, perm] * torch.linspace(0.5, 4.0, 8)                   # permuted and rescaled
+    good = sae_disentanglement(perfect, truth)
+    assert good.live.tolist() == list(range(3, 11))
+    assert good.mig.score > 0.95 and good.dci.disentanglement > 0.9 and good.dci.completeness > 0.9
+    unrelated = toy_features(3000, 20, sparsity=0.8, seed=1).features
+    bad = sae_disentanglement(unrelated, truth)
+    assert good.dci.informativeness < 0.5
+    # nothing to regress on: the lasso keeps (almost) no weight, the error is that of the mean, and
+    # D and C of an all-but-zero importance matrix say nothing
+    assert bad.mig.score < 0.02 and bad.dci.informativeness > 0.9 and bad.dci.importance.sum() < 0.05
+    with pytest.raises(ValueError, match="never fire"):
+        sae_disentanglement(perfect, torch.cat([truth, torch.zeros(3000, 1)], 1))
+    with pytest.raises(ValueError, match="same examples"):
+        sae_disentanglement(perfect[:10], truth)

@@ -21,8 +21,16 @@ from aelab.metrics.disentanglement import (
     mutual_information_matrix,
     sap,
 )
+from aelab.metrics.timeseries import (
+    DiscriminativeResult,
+    discriminative_score,
+    embed_real_and_fake,
+    predictive_score,
+)
 from aelab.metrics.sae import (
     DensityHistogram,
+    SAEDisentanglement,
+    activity_levels,
     ce_loss_recovered,
     dead_fraction,
     dense_fraction,
@@ -38,6 +46,7 @@ from aelab.metrics.sae import (
     max_cosine_similarity,
     mmcs,
     mse,
+    sae_disentanglement,
     superposition,
 )
 
@@ -45,19 +54,24 @@ __all__ = [
     "BetaVAEScoreResult",
     "DCIResult",
     "DensityHistogram",
+    "SAEDisentanglement",
+    "DiscriminativeResult",
     "ExplicitnessResult",
     "FactorDataset",
     "FactorVAEScoreResult",
     "MIGResult",
     "ModularityResult",
     "SAPResult",
+    "activity_levels",
     "beta_vae_score",
     "ce_loss_recovered",
     "dci",
     "dead_fraction",
     "dense_fraction",
     "dimensions_per_feature",
+    "discriminative_score",
     "discretize",
+    "embed_real_and_fake",
     "explicitness",
     "factor_entropies",
     "factor_vae_score",
@@ -76,6 +90,8 @@ __all__ = [
     "modularity",
     "mse",
     "mutual_information_matrix",
+    "predictive_score",
+    "sae_disentanglement",
     "sap",
     "superposition",
 ]
