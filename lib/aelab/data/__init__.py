@@ -5,6 +5,22 @@ Fill the cache once with ``python -m aelab.data prepare --all``; later loads tak
 
 from ._common import PREPARERS, CorruptDataError, DataUnavailableError, prepare
 from .images import FASHION_MNIST_CLASSES, Split, fashion_mnist, mnist, read_idx
+from .lm import (
+    ActivationBatches,
+    ActivationCache,
+    CacheMismatchError,
+    LanguageModel,
+    LatentStats,
+    SpliceResult,
+    activations,
+    collect_activations,
+    latent_stats,
+    load_lm,
+    next_token_loss,
+    patched_logits,
+    splice_eval,
+    token_windows,
+)
 from .series import TimeSeries, sines, timeseries
 from .sprites import DSprites, dsprites
 from .text import AUSTEN_BOOKS, Corpus, text_corpus
@@ -12,6 +28,20 @@ from .toy import ToyFeatures, geometric_importance, toy_features
 from .video import MovingMNIST, moving_mnist
 
 __all__ = [
+    "ActivationBatches",
+    "ActivationCache",
+    "CacheMismatchError",
+    "LanguageModel",
+    "LatentStats",
+    "SpliceResult",
+    "activations",
+    "collect_activations",
+    "latent_stats",
+    "load_lm",
+    "next_token_loss",
+    "patched_logits",
+    "splice_eval",
+    "token_windows",
     "AUSTEN_BOOKS",
     "FASHION_MNIST_CLASSES",
     "PREPARERS",
