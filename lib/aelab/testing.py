@@ -55,6 +55,8 @@ class _FreshImporter:
         if parts[0] != "aelab":
             raise ModuleNotFoundError(f"{name!r} is not part of aelab")
         parent = self.module(".".join(parts[:-1])) if len(parts) > 1 else None
+        if name in self.modules:  # loading the parent package imported this module already
+            return self.modules[name]
         base = PACKAGE_DIR.joinpath(*parts[1:])
         if (base / "__init__.py").is_file():
             spec = importlib.util.spec_from_file_location(name, base / "__init__.py", submodule_search_locations=[str(base)])

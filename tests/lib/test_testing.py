@@ -118,3 +118,10 @@ def test_check_close_recognises_a_known_mistake():
     with pytest.raises(AssertionError, match="Hint: hint"):
         check_close(torch.tensor([5.0]), torch.tensor([2.0]), "kl", "hint", mistakes={"the sign is flipped": torch.tensor([-2.0])})
     check_close(torch.tensor([2.0 + 1e-7]), torch.tensor([2.0]), "kl")
+
+
+def test_reference_to_a_function_of_a_submodule_its_package_imports():
+    # aelab.data's __init__ imports aelab.data.lm (which registers a preparer): asking for a function
+    # of it must load the module once, not a second time after its parent.
+    fresh = reference("aelab.data.lm.activations")
+    assert callable(fresh) and fresh is not aelab.data.lm.activations

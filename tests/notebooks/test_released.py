@@ -164,6 +164,13 @@ KNOWN_SECRET_LINES = {
         "dims = np.flatnonzero(active)[spread.argmin(axis=1)]  # (n,): the vote of each batch",
         'check_close(pair(dci_scores(np.zeros((3, 2)))), pair([0.0, 0.0]), "dci_scores of an all-zero matrix"',
     ),
+    "a04_sequences": (
+        "tau = torch.arange(seq_len, dtype=theta.dtype, device=theta.device) / seq_len  # (T,): t / T in [0, 1)",
+        "index = (torch.arange(seq_len, device=values.device) // season_length) % n_seasons  # (T,): the season of each step",
+        "return (content - content_other).pow(2).sum(dim=-1).mean()",
+        "other = pose[(rows + 1) % B, pair_frames[:, 1]]  # h_p^{t2} of the next clip",
+        "expected = torch.zeros(2, 3, 4).index_add_(2, (torch.arange(10) // 3) % 4, weights.transpose(1, 2))",
+    ),
     "a05_superposition": (
         'recon = torch.relu(torch.einsum("imn,bim->bin", W, hidden) + b)',
         "return (importance * (x - recon) ** 2).sum(dim=-1).mean(dim=0)",
@@ -177,6 +184,13 @@ KNOWN_SECRET_LINES = {
         "grad_threshold = (grad * -(threshold / eps) * kernel).sum(dim=0)  # (d,): summed over the batch",
         "total = (x - x.mean(dim=0)).pow(2).sum()  # around the mean of each dimension",
         'ref_jumprelu = reference("aelab.functional.sparsity.jumprelu")',
+    ),
+    "a07_sae_lm": (
+        "handle = model.model.layers[layer].register_forward_hook(hook)  # the OUTPUT of block `layer`",
+        "gap = zero - clean  # what zero-ablation costs over the clean model",
+        "recon = sae(h.reshape(-1, h.shape[-1])).recon.reshape(h.shape).to(h.dtype)",
+        "values, rows = flat.topk(k, dim=1)  # over positions, for each latent",
+        "order = sorted(range(B * T), key=lambda r: -float(flat[r, j]))[:k]",
     ),
 }
 
