@@ -76,8 +76,10 @@ class Model(nn.Module):
 
     # -- training hooks ------------------------------------------------------------------------
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
-        """One Adam over every parameter; override for several optimizers."""
-        return [torch.optim.Adam(self.parameters(), lr=lr)]
+        """One Adam over every parameter (fused where supported: ``aelab.train.optim.adam``); override for several optimizers."""
+        from aelab.train.optim import adam  # aelab.train imports this module
+
+        return [adam(self.parameters(), lr=lr)]
 
     def loss(self, batch: Any, out: Any) -> Loss:  # pragma: no cover - every model overrides it
         raise NotImplementedError

@@ -85,29 +85,42 @@ class SAEOutput:
 
     recon: Tensor
     """The reconstruction x_hat in the input's own scale, (B, d_in)."""
-    acts: Tensor
-    """The sparse code f, (B, d_sae)."""
+    acts: Tensor | None
+    """The sparse code f, (B, d_sae). An output given by ``indices`` and ``values`` may be built with
+    ``acts=None``: the dense code is then scattered from them on first access (a training step
+    that never reads it does not pay for a (B, d_sae) tensor)."""
     pre_acts: Tensor
     """Encoder pre-activations (s x - b_dec) W_enc + b_enc, (B, d_sae)."""
     indices: Tensor | None = None
     """With a fixed number k of candidates per example (TopK on its sparse path): their latents, (B, k)."""
     values: Tensor | None = None
     """The code at ``indices``, (B, k), some possibly 0; ``acts`` is these scattered into (B, d_sae)."""
+    l1: Tensor | None = None
+    """The (decoder-norm weighted) L1 norm of the code per example, (B,), when the forward pass computed it (ReLU SAE)."""
+
+    def __getattribute__(self, name: str):
+        value = object.__getattribute__(self, name)
+        if name == "acts" and value is None and object.__getattribute__(self, "indices") is not None:
+            pre = object.__getattribute__(self, "pre_acts")
+            values = object.__getattribute__(self, "values")
+            value = values.new_zeros(pre.shape).scatter_(-1, object.__getattribute__(self, "indices"), values)
+            object.__setattr__(self, "acts", value)
+        return value
 
 
 def code_l0(out) -> Tensor:
     """Non-zero latents per example of an SAE output, (B,) float; from its (B, k) code when it has one (cheaper)."""
     if getattr(out, "indices", None) is None:
-        return (out.acts != 0).sum(-1).float()
-    return (out.values != 0).sum(-1).float()
+        return torch.count_nonzero(out.acts.detach(), dim=-1).float()
+    return (out.values.detach() != 0).sum(-1).float()
 
 
 def code_fired(out) -> Tensor:
     """Latents of an SAE output non-zero on at least one example of the batch, (d_sae,) bool."""
     if getattr(out, "indices", None) is None:
-        return (out.acts.detach() != 0).any(0)
-    fired = torch.zeros(out.acts.shape[-1], dtype=torch.bool, device=out.acts.device)
-    return fired.index_fill_(0, out.indices[out.values.detach() != 0], True)
+        return torch.count_nonzero(out.acts.detach(), dim=0) > 0
+    counts = torch.zeros(out.pre_acts.shape[-1], dtype=torch.int32, device=out.pre_acts.device)
+    return counts.index_add_(0, out.indices.flatten(), (out.values.detach().flatten() != 0).int()) > 0
 
 
 class SAE(Model):
@@ -143,7 +156,7 @@ class SAE(Model):
 
     def pre_activations(self, x_n: Tensor) -> Tensor:
         """(B, d_in) normalised -> (B, d_sae)."""
-        return self.encoder_input(x_n) @ self.W_enc + self.b_enc
+        return torch.addmm(self.b_enc, self.encoder_input(x_n), self.W_enc)
 
     def activation(self, pre: Tensor) -> Tensor:  # pragma: no cover - every SAE overrides it
         """Pre-activations (B, d_sae) -> sparse code (B, d_sae)."""

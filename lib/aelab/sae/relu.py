@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aelab.functional import l1_penalty
+from aelab.functional import l1_penalty, relu_sae_code
 from aelab.nn.base import Loss
 from aelab.registry import register
 from aelab.train import distributed
@@ -57,8 +57,27 @@ class ReLUSAE(SAE):
 
     Config = ReLUSAEConfig
 
+    fused_kernel: bool = True
+    """Run the forward pass through ``aelab.functional.relu_sae_code`` (one function with a hand-written
+    backward: five (B, d_in, d_sae) products per step instead of six, fewer passes over the code).
+    False: the plain ``SAE.forward`` with autograd. Same numbers either way."""
+
     def activation(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)
+
+    def l1_weights(self) -> Tensor | None:
+        """Per-latent weights of the L1 penalty: the decoder row norms with ``decoder_norm_l1``, else None (all 1)."""
+        return self.decoder_weight().norm(dim=1) if self.config.decoder_norm_l1 else None
+
+    def forward(self, x: Tensor) -> SAEOutput:
+        if not self.fused_kernel:
+            return super().forward(x)
+        x_n = self.normalize(self.check_input(x))
+        W_dec = self.decoder_weight()
+        weights = W_dec.norm(dim=1) if self.config.decoder_norm_l1 else torch.ones_like(self.b_enc)
+        pre, acts, decoded, l1 = relu_sae_code(x_n, self.b_dec, self.W_enc, self.b_enc, W_dec, weights,
+                                               self.config.pre_encoder_bias)
+        return SAEOutput(recon=(decoded + self.b_dec) / self.input_scale, acts=acts, pre_acts=pre, l1=l1)
 
     def loss(self, batch, out: SAEOutput, sparsity_scale: float = 1.0) -> Loss:
         """||x - x_hat||^2 + lambda * sum_i f_i (||W_dec,i||): summed over d_in and latents, mean over the batch.
@@ -67,8 +86,7 @@ class ReLUSAE(SAE):
         """
         x = self.inputs(batch)
         err = self.reconstruction_error(x, out.recon)
-        norms = self.decoder_weight().norm(dim=1) if self.config.decoder_norm_l1 else None
-        l1 = l1_penalty(out.acts, norms).mean()
+        l1 = (out.l1 if out.l1 is not None else l1_penalty(out.acts, self.l1_weights())).mean()
         terms = self.common_terms(x, out, err)
         terms["l1"] = l1
         return Loss(err.mean() + sparsity_scale * self.config.l1_coefficient * l1, terms)

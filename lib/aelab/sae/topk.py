@@ -77,9 +77,9 @@ class TopKSAE(SAE):
         x_n = self.normalize(self.check_input(x))
         pre, values, indices = topk_encode(self.encoder_input(x_n), self.W_enc, self.b_enc, self.config.k)
         values = torch.relu(values)  # (B, k)
-        acts = torch.zeros_like(pre).scatter(-1, indices, values)  # (B, d_sae), for callers that read the dense code
         recon = (sparse_decode(values, indices, self.decoder_weight()) + self.b_dec) / self.input_scale
-        return SAEOutput(recon=recon, acts=acts, pre_acts=pre, indices=indices, values=values)
+        # acts=None: the dense (B, d_sae) code is scattered from (indices, values) only if something reads it
+        return SAEOutput(recon=recon, acts=None, pre_acts=pre, indices=indices, values=values)
 
     def auxk_loss(self, x: Tensor, out: SAEOutput) -> Tensor:
         """||e - e_hat||^2 per example, summed over d_in on the normalised scale: (B,); zeros when no latent is dead."""

@@ -23,6 +23,7 @@ from aelab.nn.base import Loss
 from aelab.train import distributed
 from aelab.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from aelab.train.history import History
+from aelab.train.optim import tune_cpu_allocator
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -140,6 +141,9 @@ def fit(
         loaded first and training continues exactly where it stopped.
     callbacks: ``callback(ctx, loss)`` after every step.
 
+    On a CPU, ``fit`` keeps freed memory for reuse (``aelab.train.optim.tune_cpu_allocator``; set
+    ``AELAB_CPU_ALLOCATOR=default`` to opt out) and models' default Adam is the fused kernel.
+
     A NaN or infinite loss raises ``NonFiniteLossError`` naming the step and the last good checkpoint.
 
     Under ``torchrun --nproc_per_node N`` the model trains as DistributedDataParallel (see
@@ -156,6 +160,8 @@ def fit(
     if batch_size < distributed.world_size():
         raise ValueError(f"batch_size={batch_size} is the global batch, split over {distributed.world_size()} processes; "
                          "it must be at least the number of processes")
+    if dev.type == "cpu":
+        tune_cpu_allocator()  # large step buffers are reused instead of page-faulted in every step
     model.to(dev)
     optimizers = model.configure_optimizers(lr)
     for opt in optimizers:

@@ -41,6 +41,7 @@ from aelab.functional import bernoulli_log_likelihood, squared_error
 from aelab.nn.base import Loss, Model
 from aelab.nn.mlp import mlp
 from aelab.registry import register
+from aelab.train.optim import adam
 
 
 @dataclass
@@ -262,8 +263,8 @@ class DRNET(Model):
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         """[Adam over encoders and decoder at ``lr``, Adam over the discriminator at ``disc_lr``]."""
-        return [torch.optim.Adam(self.main_parameters(), lr=lr, betas=(0.5, 0.999)),
-                torch.optim.Adam(self.discriminator.parameters(), lr=self.config.disc_lr, betas=(0.5, 0.999))]
+        return [adam(self.main_parameters(), lr=lr, betas=(0.5, 0.999)),
+                adam(self.discriminator.parameters(), lr=self.config.disc_lr, betas=(0.5, 0.999))]
 
     def train_step(self, batch, ctx) -> Loss:
         """Encoders and decoder on the main loss (optimizer 0), then the scene discriminator (optimizer 1).
@@ -346,7 +347,7 @@ class DRNETPredictor(Model):
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         """One Adam over the LSTM and its read-out (the DRNET stays frozen)."""
-        return [torch.optim.Adam([*self.lstm.parameters(), *self.readout.parameters()], lr=lr)]
+        return [adam([*self.lstm.parameters(), *self.readout.parameters()], lr=lr)]
 
     def step_poses(self, pose: Tensor, content: Tensor, state=None) -> tuple[Tensor, tuple]:
         """Next poses from poses (B, S, pose_dim) and one content (B, content_dim): ((B, S, pose_dim), LSTM state)."""

@@ -31,6 +31,7 @@ from aelab.functional import elbo, kl_normal, permute_dims
 from aelab.nn.base import Loss
 from aelab.nn.mlp import mlp
 from aelab.registry import register
+from aelab.train.optim import adam
 from aelab.vae.beta_vae import DSpritesVAEConfig
 from aelab.vae.vae import VAE, VAEOutput
 
@@ -84,8 +85,8 @@ class FactorVAE(VAE):
         """[Adam over the VAE at ``lr``, Adam over the discriminator at ``disc_lr`` with ``disc_betas``]."""
         cfg = self.config
         return [
-            torch.optim.Adam(self.vae_parameters(), lr=lr),
-            torch.optim.Adam(self.discriminator.parameters(), lr=cfg.disc_lr, betas=tuple(cfg.disc_betas)),
+            adam(self.vae_parameters(), lr=lr),
+            adam(self.discriminator.parameters(), lr=cfg.disc_lr, betas=tuple(cfg.disc_betas)),
         ]
 
     def forward(self, x: Tensor) -> FactorVAEOutput:
