@@ -14,16 +14,24 @@ the ratio, so the numbers compare across machines; nothing here is asserted in t
 3. dSprites conv VAE images/s (``aelab.fit`` vs a DataLoader loop), and activation collection
    tokens/s for SmolLM2 (the forward stopped at the hooked layer vs the full forward) when
    ``aelab.data.lm`` and its weights are installed.
+
+The baselines and aelab run one after the other in two fresh processes of the same run (``--side``),
+so that a process-wide setting aelab makes (``fit`` keeps freed CPU memory for reuse,
+``aelab.train.optim.tune_cpu_allocator``) cannot speed up a baseline measured after it. An
+ablation row runs the tutorial SAE loop under that setting, to show how much of the gain it is.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import contextlib
+import json
 import math
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -86,6 +94,18 @@ def aelab_epoch(x, y, batch_size: int) -> tuple[float, float]:
     t = time.perf_counter()
     h = aelab.fit(model, (x, y), epochs=1, batch_size=batch_size, device="cpu", progress=False, log_every=10**9)
     return time.perf_counter() - t, h.logs[-1]["recon"] + h.logs[-1]["kl"]
+
+
+def vae_measure(quick: bool, side: str) -> list[dict]:
+    train = aelab.data.mnist("train")
+    n = 10_000 if quick else len(train.x)
+    x, y = train.x[:n], train.y[:n]
+    aelab.seed_everything(0)
+    epoch = baseline_epoch if side == "baseline" else aelab_epoch
+    epoch(x[:512], y[:512], 128)  # warm-up of allocators and kernels
+    seconds, loss = epoch(x, y, 128)
+    return [_measure("vae", f"MNIST VAE epoch ({n} images, batch 128)", "PyTorch example loop (DataLoader)", "images/s",
+                     n / seconds, f"{side}: epoch {seconds:.2f} s, loss/example {loss:.1f}")]
 
 
 # -- 2. sparse autoencoders ------------------------------------------------------------------------
@@ -213,7 +233,7 @@ def saelens_topk_steps(x: torch.Tensor, batch: int, steps: int, d_sae: int, k: i
     return (time.perf_counter() - t) / steps, f"sae_lens {sae_lens.__version__}"
 
 
-def sae_rows(quick: bool) -> list[dict]:
+def sae_measure(quick: bool, side: str) -> list[dict]:
     d_in, d_sae, k = 384, 4096, 32
     batch, steps = (1024, 2) if quick else (4096, 8)
     aelab.seed_everything(0)
@@ -224,69 +244,74 @@ def sae_rows(quick: bool) -> list[dict]:
     models = {"topk": ("sae_topk", dict(d_sae=d_sae, k=k)),
               "relu": ("sae_relu", dict(d_sae=d_sae, l1_coefficient=1e-3)),
               "jumprelu": ("sae_jumprelu", dict(d_sae=d_sae))}
-    rows = []
+    shape = f"({d_in}->{d_sae}, batch {batch})"
+    out = []
     for kind, (name, cfg) in models.items():
-        base = naive_sae_steps(kind, x, batch, steps, d_sae, k)
+        naive = naive_sae_steps(kind, x, batch, steps, d_sae, k)
+        if side == "baseline":
+            note = f"baseline step = {naive / mm['fp32']:.1f} encoder matmuls (fp32)"
+            out += [_measure(f"sae-{kind}-{p}", f"SAE {kind} training, {p} {shape}", "dense tutorial loop, fp32", "tokens/s",
+                             batch / naive, note) for p in precisions]
+            out.append(_measure(f"sae-{kind}-allocator", f"ablation: the tutorial {kind} loop with aelab's CPU allocator setting {shape}",
+                                "the same loop, default allocator", "tokens/s", batch / naive, ""))
+            continue
         for p in precisions:
             ours = aelab_sae_steps(name, x, batch, steps, p, **cfg)
-            rows.append(_row(f"SAE {kind} training, {p} ({d_in}->{d_sae}, batch {batch})", "dense tutorial loop, fp32",
-                             "tokens/s", batch / base, batch / ours,
-                             f"step = {ours / mm[p]:.1f} encoder matmuls ({p}); baseline {base / mm['fp32']:.1f} (fp32)"))
-    lens, why = saelens_topk_steps(x, batch, steps, d_sae, k)
-    if lens is not None:
-        ours = aelab_sae_steps("sae_topk", x, batch, steps, "fp32", d_sae=d_sae, k=k)
-        rows.append(_row(f"SAE topk training, fp32 ({d_in}->{d_sae}, batch {batch})", f"SAELens TopK step ({why})",
-                         "tokens/s", batch / lens, batch / ours, "same activations, same sizes"))
+            out.append(_measure(f"sae-{kind}-{p}", f"SAE {kind} training, {p} {shape}", "dense tutorial loop, fp32", "tokens/s",
+                                batch / ours, f"aelab step = {ours / mm[p]:.1f} encoder matmuls ({p})"))
+        out.append(_measure(f"sae-{kind}-allocator", f"ablation: the tutorial {kind} loop with aelab's CPU allocator setting {shape}",
+                            "the same loop, default allocator", "tokens/s", batch / naive, ""))
+    if side == "baseline":  # SAELens, when importable, in the baseline's process
+        lens, why = saelens_topk_steps(x, batch, steps, d_sae, k)
+        out.append(_measure("sae-saelens", f"SAE topk training, fp32 {shape}", f"SAELens TopK step ({why})" if lens else "SAELens TopK step",
+                            "tokens/s", None if lens is None else batch / lens, "" if lens else why))
     else:
-        rows.append(_row("SAE topk vs SAELens", "SAELens TopK step", "tokens/s", None, None, why))
-    return rows
+        ours = aelab_sae_steps("sae_topk", x, batch, steps, "fp32", d_sae=d_sae, k=k)
+        out.append(_measure("sae-saelens", f"SAE topk training, fp32 {shape}", "SAELens TopK step", "tokens/s", batch / ours, ""))
+    return out
 
 
 # -- 3. dSprites and language-model activations -------------------------------------------------------
 
-def dsprites_rows(quick: bool) -> list[dict]:
+def dsprites_measure(quick: bool, side: str) -> list[dict]:
     n = 1024 if quick else 16384
     x, _ = aelab.data.dsprites().tensors(n, seed=0)
     precision = "bf16" if aelab.train.bf16_is_fast("cpu") else "fp32"
     aelab.seed_everything(0)
     model = aelab.build("beta_vae")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(_ItemDataset(x, torch.zeros(n)), batch_size=64, shuffle=True)
     t = time.perf_counter()
-    for xb, _ in loader:
-        loss = model.loss(xb, model(xb)).total
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    base = time.perf_counter() - t
-    model = aelab.build("beta_vae")
-    t = time.perf_counter()
-    aelab.fit(model, x, epochs=1, batch_size=64, device="cpu", precision=precision, progress=False, log_every=10**9)
-    ours = time.perf_counter() - t
-    return [_row(f"dSprites conv beta-VAE epoch ({n} images, batch 64)", "DataLoader loop, fp32", "images/s",
-                 n / base, n / ours, f"aelab in {precision}")]
+    if side == "baseline":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loader = torch.utils.data.DataLoader(_ItemDataset(x, torch.zeros(n)), batch_size=64, shuffle=True)
+        for xb, _ in loader:
+            loss = model.loss(xb, model(xb)).total
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    else:
+        aelab.fit(model, x, epochs=1, batch_size=64, device="cpu", precision=precision, progress=False, log_every=10**9)
+    seconds = time.perf_counter() - t
+    return [_measure("dsprites", f"dSprites conv beta-VAE epoch ({n} images, batch 64)", "DataLoader loop, fp32", "images/s",
+                     n / seconds, "" if side == "baseline" else f"aelab in {precision}")]
 
 
-def lm_rows(quick: bool) -> list[dict]:
+def lm_measure(quick: bool, side: str) -> list[dict]:
+    label = "SmolLM2 activation collection"
     try:
         from aelab.data import lm as lm_module
 
         lm = lm_module.load_lm("smollm2")
     except Exception as e:  # the module or its weights are missing
-        return [_row("SmolLM2 activation collection", "full forward", "tokens/s", None, None,
-                     f"skipped: {type(e).__name__}: {e}".splitlines()[0][:160])]
+        return [_measure("lm", label, "full forward", "tokens/s", None, f"skipped: {type(e).__name__}: {e}".splitlines()[0][:160])]
     n, ctx_len, layer = (4, 64, 6) if quick else (16, 128, 6)
-    tokens = torch.randint(0, lm.model.config.vocab_size, (n, ctx_len))
-    lm_module.activations(lm, tokens[:1], layer)  # warm-up
-
-    def timed(stop):
-        t = time.perf_counter()
-        lm_module.activations(lm, tokens, layer, stop=stop)
-        return time.perf_counter() - t
-
-    full, stopped = timed(False), timed(True)
-    return [_row(f"SmolLM2 activations, layer {layer} of {lm.n_layers} ({n}x{ctx_len} tokens)", "full forward",
-                 "tokens/s", n * ctx_len / full, n * ctx_len / stopped, "forward stopped at the hooked layer")]
+    tokens = torch.randint(0, lm.model.config.vocab_size, (n, ctx_len), generator=torch.Generator().manual_seed(0))
+    stop = side == "aelab"
+    lm_module.activations(lm, tokens[:1], layer, stop=stop)  # warm-up
+    t = time.perf_counter()
+    lm_module.activations(lm, tokens, layer, stop=stop)
+    seconds = time.perf_counter() - t
+    return [_measure("lm", f"SmolLM2 activations, layer {layer} of {lm.n_layers} ({n}x{ctx_len} tokens)", "full forward",
+                     "tokens/s", n * ctx_len / seconds, "forward stopped at the hooked layer" if stop else "")]
 
 
 # -- the table ---------------------------------------------------------------------------------------
@@ -299,30 +324,58 @@ def _row(benchmark: str, baseline: str, unit: str, base: float | None, ours: flo
             "speedup": None if base is None or ours is None else round(ours / base, 2), "note": note}
 
 
-def vae_rows(quick: bool) -> list[dict]:
-    train = aelab.data.mnist("train")
-    n = 10_000 if quick else len(train.x)
-    x, y = train.x[:n], train.y[:n]
-    aelab.seed_everything(0)
-    aelab_epoch(x[:512], y[:512], 128)  # warm-up of allocators and kernels
-    base_s, base_loss = baseline_epoch(x, y, 128)
-    ours_s, ours_loss = aelab_epoch(x, y, 128)
-    return [_row(f"MNIST VAE epoch ({n} images, batch 128)", "PyTorch example loop (DataLoader)", "images/s",
-                 n / base_s, n / ours_s, f"epoch {base_s:.2f} s vs {ours_s:.2f} s; loss/example {base_loss:.1f} vs {ours_loss:.1f}")]
+def _measure(key: str, benchmark: str, baseline: str, unit: str, value: float | None, note: str) -> dict:
+    """One side's measurement of a benchmark (a rate, higher is better); ``merge`` pairs the two sides by ``key``."""
+    return {"key": key, "benchmark": benchmark, "baseline": baseline, "unit": unit, "value": value, "note": note}
 
 
-BENCHMARKS = {"vae": vae_rows, "sae": sae_rows, "dsprites": dsprites_rows, "lm": lm_rows}
+BENCHMARKS = {"vae": vae_measure, "sae": sae_measure, "dsprites": dsprites_measure, "lm": lm_measure}
+SIDES = ("baseline", "aelab")
 
 
-def run(quick: bool, only: list[str] | None = None) -> list[dict]:
-    rows = []
+def measure(quick: bool, only: list[str] | None, side: str) -> list[dict]:
+    """Run one side of the selected benchmarks in this process."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    if side == "aelab":
+        aelab.train.optim.tune_cpu_allocator()  # what fit does: set before anything is timed on this side
+    out = []
     for name, fn in BENCHMARKS.items():
         if only and name not in only:
             continue
         t = time.perf_counter()
-        rows += fn(quick)
-        print(f"[{name}: {time.perf_counter() - t:.0f} s]", flush=True)
+        out += fn(quick, side)
+        print(f"[{name}, {side}: {time.perf_counter() - t:.0f} s]", flush=True)
+    return out
+
+
+def merge(baseline: list[dict], ours: list[dict]) -> list[dict]:
+    """Rows (``_row``) from the two sides' measurements, in the order the benchmarks ran; a key one side lacks has no value there."""
+    by_key = {m["key"]: m for m in baseline}
+    mine = {m["key"]: m for m in ours}
+    rows = []
+    for key in dict.fromkeys([*by_key, *mine]):
+        b, o = by_key.get(key), mine.get(key)
+        first = b if b is not None and b["benchmark"] else o
+        note = "; ".join(m["note"] for m in (b, o) if m is not None and m["note"])
+        rows.append(_row(first["benchmark"], first["baseline"], first["unit"], b and b["value"], o and o["value"], note))
     return rows
+
+
+def run(quick: bool, only: list[str] | None = None, same_process: bool = False) -> list[dict]:
+    """Both sides and their rows: each side in a fresh Python process (``same_process``: both here, baseline first)."""
+    if same_process:
+        return merge(measure(quick, only, "baseline"), measure(quick, only, "aelab"))
+    sides = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in SIDES:
+            path = os.path.join(tmp, f"{side}.json")
+            cmd = [sys.executable, "-m", "aelab.bench", "--side", side, "--json", path, *(["--quick"] if quick else []),
+                   *(["--only", *only] if only else [])]
+            subprocess.run(cmd, check=True)
+            with open(path) as f:
+                sides[side] = json.load(f)
+    return merge(sides["baseline"], sides["aelab"])
 
 
 def machine() -> dict:
@@ -355,8 +408,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
+    parser.add_argument("--same-process", action="store_true", help="measure both sides in this process (baseline first)")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one side, for run(): writes measurements to --json
     args = parser.parse_args(argv)
-    rows = run(args.quick, args.only)
+    if args.side:
+        measurements = measure(args.quick, args.only, args.side)
+        with open(args.json, "w") as f:
+            json.dump(measurements, f)
+        return
+    rows = run(args.quick, args.only, args.same_process)
     info = machine()
     print()
     print(markdown(rows, info))

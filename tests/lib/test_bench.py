@@ -35,14 +35,35 @@ def test_naive_relu_sae_computes_the_aelab_objective():
 
 
 def test_table_and_json(tmp_path, monkeypatch, capsys):
-    rows = [bench._row("fake", "slow loop", "items/s", 10.0, 25.0, "a note"),
-            bench._row("skipped", "other", "items/s", None, None, "skipped: no weights")]
-    monkeypatch.setattr(bench, "BENCHMARKS", {"fake": lambda quick: rows})
+    def fake(quick, side):
+        value = 10.0 if side == "baseline" else 25.0
+        return [bench._measure("fake", "fake", "slow loop", "items/s", value, "a note" if side == "aelab" else ""),
+                bench._measure("skipped", "skipped", "other", "items/s", None, "skipped: no weights" if side == "aelab" else "")]
+
+    monkeypatch.setattr(bench, "BENCHMARKS", {"fake": fake})
     out = tmp_path / "bench.json"
-    bench.main(["--quick", "--json", str(out)])
+    bench.main(["--quick", "--same-process", "--json", str(out)])
     text = capsys.readouterr().out
     assert "torch: " + torch.__version__ in text and "threads: " in text and "device: cpu" in text
     assert "| fake | slow loop | items/s | 10.0 | 25.0 | 2.5x | a note |" in text
     assert "| skipped | other | items/s | — | — | — | skipped: no weights |" in text
     saved = json.loads(out.read_text())
-    assert saved["quick"] and saved["results"] == rows and saved["machine"]["torch"] == torch.__version__
+    assert saved["quick"] and saved["machine"]["torch"] == torch.__version__
+    assert [r["speedup"] for r in saved["results"]] == [2.5, None]
+
+
+def test_one_side_writes_its_measurements(tmp_path, monkeypatch):
+    sides = []
+    monkeypatch.setattr(bench, "BENCHMARKS", {"fake": lambda quick, side: sides.append(side) or [bench._measure("k", "b", "base", "u", 1.0, "")]})
+    out = tmp_path / "side.json"
+    bench.main(["--side", "baseline", "--json", str(out)])
+    assert sides == ["baseline"] and json.loads(out.read_text())[0]["value"] == 1.0
+
+
+def test_merge_pairs_the_sides_by_key_and_keeps_the_order():
+    base = [bench._measure("a", "A", "loop", "u", 2.0, "base note"), bench._measure("b", "B", "loop", "u", 4.0, "")]
+    ours = [bench._measure("b", "B", "loop", "u", 8.0, "ours"), bench._measure("c", "C", "loop", "u", 1.0, "")]
+    rows = bench.merge(base, ours)
+    assert [(r["benchmark"], r["baseline_value"], r["aelab_value"], r["speedup"]) for r in rows] == [
+        ("A", 2.0, None, None), ("B", 4.0, 8.0, 2.0), ("C", None, 1.0, None)]
+    assert rows[0]["note"] == "base note" and rows[1]["note"] == "ours"

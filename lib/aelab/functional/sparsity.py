@@ -149,7 +149,7 @@ class _ReLUSAECode(torch.autograd.Function):
         GG = torch.cat([G, g1[:, None]], 1)  # (B, d_in + 1)
         WW = torch.cat([W_dec.to(cdt), weights.to(cdt)[:, None]], 1)  # (d_sae, d_in + 1)
         g = GG @ WW.T if grad_acts is None else torch.addmm(grad_acts.to(cdt), GG, WW.T)
-        g.masked_fill_(acts == 0, 0)  # the ReLU: no gradient where the latent is off
+        g = torch.ops.aten.threshold_backward(g, acts, 0)  # the ReLU: no gradient where the latent is off (one pass)
         if grad_pre is not None:
             g += grad_pre.to(cdt)
         acc = torch.promote_types(W_enc.dtype, torch.float32)  # sums over the batch accumulate in fp32 (fp64 for fp64)

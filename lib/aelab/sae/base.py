@@ -110,15 +110,18 @@ class SAEOutput:
 
 def code_l0(out) -> Tensor:
     """Non-zero latents per example of an SAE output, (B,) float; from its (B, k) code when it has one (cheaper)."""
-    if getattr(out, "indices", None) is None:
-        return torch.count_nonzero(out.acts.detach(), dim=-1).float()
+    if getattr(out, "indices", None) is None:  # |sign| summed: two passes over the code, no bool-to-integer copy
+        return torch.sign(out.acts.detach()).abs_().sum(-1, dtype=torch.float32)
     return (out.values.detach() != 0).sum(-1).float()
 
 
 def code_fired(out) -> Tensor:
     """Latents of an SAE output non-zero on at least one example of the batch, (d_sae,) bool."""
-    if getattr(out, "indices", None) is None:
-        return torch.count_nonzero(out.acts.detach(), dim=0) > 0
+    if getattr(out, "indices", None) is None:  # two reads of the code (a != 0 and any() would also write a mask)
+        acts = out.acts.detach()
+        if acts.shape[0] == 0:
+            return torch.zeros(acts.shape[-1], dtype=torch.bool, device=acts.device)
+        return (acts.amax(0) > 0) | (acts.amin(0) < 0)
     counts = torch.zeros(out.pre_acts.shape[-1], dtype=torch.int32, device=out.pre_acts.device)
     return counts.index_add_(0, out.indices.flatten(), (out.values.detach().flatten() != 0).int()) > 0
 
