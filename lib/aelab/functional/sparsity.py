@@ -145,10 +145,10 @@ class _ReLUSAECode(torch.autograd.Function):
         zeros = lambda *shape: acts.new_zeros(shape)  # noqa: E731
         G = grad_decoded.to(cdt) if grad_decoded is not None else zeros(B, W_dec.shape[1])
         g1 = grad_l1.to(cdt) if grad_l1 is not None else zeros(B)
-        # d loss / d acts = G W_dec^T + g1 weights^T: one product with the L1 weights as an extra column
-        GG = torch.cat([G, g1[:, None]], 1)  # (B, d_in + 1)
-        WW = torch.cat([W_dec.to(cdt), weights.to(cdt)[:, None]], 1)  # (d_sae, d_in + 1)
-        g = GG @ WW.T if grad_acts is None else torch.addmm(grad_acts.to(cdt), GG, WW.T)
+        # d loss / d acts = G W_dec^T + g1 weights^T (+ grad_acts): the product, then the rank-one L1 term in place
+        Wd = W_dec.to(cdt)
+        g = G @ Wd.T if grad_acts is None else torch.addmm(grad_acts.to(cdt), G, Wd.T)
+        g.addr_(g1, weights.to(cdt))
         g = torch.ops.aten.threshold_backward(g, acts, 0)  # the ReLU: no gradient where the latent is off (one pass)
         if grad_pre is not None:
             g += grad_pre.to(cdt)
@@ -159,10 +159,11 @@ class _ReLUSAECode(torch.autograd.Function):
         # the pre-encoder bias: d/d b_dec of (x - b_dec) W_enc summed over the batch is -(sum_b g_b) W_enc^T,
         # one vector-matrix product instead of the (B, d_in) gradient of x_in
         grad_b_dec = -(grad_b_enc @ W_enc.to(acc).T) if ctx.pre_bias and ctx.needs_input_grad[1] else None
-        grad_WW = acts.T @ GG  # (d_sae, d_in + 1): W_dec's gradient and the weights'
+        grad_W_dec = acts.T @ G if ctx.needs_input_grad[4] else None
+        grad_weights = acts.T @ g1 if ctx.needs_input_grad[5] else None
         cast = lambda t, like: None if t is None else t.to(like.dtype)  # noqa: E731
         return (cast(grad_x, x_in), cast(grad_b_dec, W_enc), cast(grad_W_enc, W_enc), cast(grad_b_enc, W_enc),
-                cast(grad_WW[:, :-1], W_dec), cast(grad_WW[:, -1], weights), None)
+                cast(grad_W_dec, W_dec), cast(grad_weights, weights), None)
 
 
 def relu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, weights: Tensor,
@@ -173,7 +174,7 @@ def relu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_de
     and l1 = sum_i acts_i weights_i per example (B,), with x_n (B, d_in), W_enc (d_in, d_sae),
     W_dec (d_sae, d_in), weights (d_sae,) (the decoder norms, or ones). Same values and gradients as
     those lines written with autograd, with fewer passes: the backward makes the gradient of the
-    code once (the L1 weights ride along as an extra column of W_dec), masks it in place, and gets
+    code once (the L1 term added to it in place as a rank-one update), masks it in place, and gets
     b_dec's gradient from the batch sum rather than from a (B, d_in) product, so a training step
     costs five (B, d_in, d_sae) products where autograd makes six.
     """
