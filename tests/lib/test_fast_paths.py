@@ -1,4 +1,4 @@
-"""Fast paths give the numbers of the plain ones: sparse TopK kernels, the fused ReLU SAE, fused Adam, the CPU
+"""Fast paths give the numbers of the plain ones: sparse TopK kernels, the fused ReLU and JumpReLU SAEs, fused Adam, the CPU
 allocator setting, on-device batching, bf16 autocast, CUDA.
 
 Each fast path is checked against the plain computation it replaces, values and gradients, in
@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import aelab
-from aelab.functional import l1_penalty, relu_sae_code, sparse_decode, topk_activation, topk_encode
+from aelab.functional import (heaviside_step, jumprelu, jumprelu_sae_code, l1_penalty, relu_sae_code, sparse_decode,
+                              topk_activation, topk_encode)
 from aelab.sae.base import code_fired, code_l0
 from aelab.train.loop import StepContext
 
@@ -122,6 +123,54 @@ def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre):
             assert got.grad is None or not got.grad.abs().any(), name
         else:
             torch.testing.assert_close(got.grad, want.grad, msg=f"grad of {name}")
+
+
+@pytest.mark.parametrize("pre_bias", [True, False])
+@pytest.mark.parametrize("use_pre", [False, True])
+def test_jumprelu_sae_code_matches_autograd(float64, pre_bias, use_pre):
+    eps = 0.3
+    x, b_dec = torch.randn(9, 6), torch.randn(6)
+    W_enc, b_enc, W_dec, theta = torch.randn(6, 40), torch.randn(40), torch.randn(40, 6), torch.rand(40) + 0.05
+    leaves = [t.clone().requires_grad_() for t in (x, b_dec, W_enc, b_enc, W_dec, theta)]
+    ref_leaves = [t.clone().requires_grad_() for t in (x, b_dec, W_enc, b_enc, W_dec, theta)]
+    pre, acts, decoded, l0 = jumprelu_sae_code(*leaves, eps, pre_encoder_bias=pre_bias)
+    rx, rb_dec, rW_enc, rb_enc, rW_dec, rtheta = ref_leaves
+    rpre = torch.addmm(rb_enc, rx - rb_dec if pre_bias else rx, rW_enc)
+    racts = jumprelu(rpre, rtheta, eps)
+    rdecoded, rl0 = racts @ rW_dec, heaviside_step(rpre, rtheta, eps).sum(-1)
+    for got, want in zip((pre, acts, decoded, l0), (rpre, racts, rdecoded, rl0)):
+        torch.testing.assert_close(got, want)
+    window = ((rpre - rtheta).abs() < eps / 2).sum().item()
+    assert 0 < window < rpre.numel(), "the case has pre-activations in and out of the kernel window"
+    gd, g0, ga = torch.randn(9, 6), torch.randn(9), torch.randn(9, 40)
+    extra = (lambda p, a: (p.sin() * ga).sum() + (a * ga).sum()) if use_pre else (lambda p, a: 0.0)
+    ((decoded * gd).sum() + (l0 * g0).sum() + extra(pre, acts)).backward()
+    ((rdecoded * gd).sum() + (rl0 * g0).sum() + extra(rpre, racts)).backward()
+    for got, want, name in zip(leaves, ref_leaves, ("x", "b_dec", "W_enc", "b_enc", "W_dec", "threshold")):
+        if want.grad is None:
+            assert got.grad is None or not got.grad.abs().any(), name
+        else:
+            torch.testing.assert_close(got.grad, want.grad, msg=f"grad of {name}")
+    with pytest.raises(ValueError, match="bandwidth"):
+        jumprelu_sae_code(x, b_dec, W_enc, b_enc, W_dec, theta, 0.0)
+
+
+def test_jumprelu_sae_fused_kernel_trains_like_autograd():
+    torch.manual_seed(0)
+    model = aelab.build("sae_jumprelu", d_in=16, d_sae=96, l0_coefficient=0.05, bandwidth=0.05, init_threshold=0.05,
+                        sparsity_warmup_steps=2, normalize_activations=True)
+    plain, fused = copy.deepcopy(model), copy.deepcopy(model)
+    plain.fused_kernel = False
+    x = torch.randn(64, 16)
+    hist = [aelab.fit(m, x, max_steps=6, batch_size=32, shuffle=False, device="cpu", progress=False, log_every=1) for m in (plain, fused)]
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.equal(model.log_threshold, fused.log_threshold), "the thresholds moved"
+    assert list(hist[0]["l0"]) == list(hist[1]["l0"])
+    out_p, out_f = plain(x), fused(x)
+    for field in ("recon", "acts", "pre_acts"):
+        torch.testing.assert_close(getattr(out_f, field), getattr(out_p, field), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out_f.l0, code_l0(out_p))
 
 
 @pytest.mark.parametrize("cfg", [dict(), dict(unit_norm_decoder=False, decoder_norm_l1=True, normalize_activations=True),

@@ -123,36 +123,59 @@ def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
     return _SparseDecode.apply(values, indices, W_dec)
 
 
-class _ReLUSAECode(torch.autograd.Function):
-    """The ReLU SAE's encoder, decoder product and weighted L1 in one function with a hand-written backward."""
+class _DenseSAECode(torch.autograd.Function):
+    """Encoder, code, decoder product and sparsity penalty of a dense-code SAE, with a hand-written backward.
+
+    ``threshold`` None: the ReLU code and its weighted L1, ``aux`` the per-latent L1 weights.
+    Otherwise the JumpReLU code at ``threshold`` and its L0 through the Heaviside step, with the
+    rectangle-kernel pseudo-derivatives of bandwidth ``aux`` for the thresholds.
+    """
 
     @staticmethod
-    def forward(ctx, x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, weights: Tensor, pre_bias: bool):
+    def forward(ctx, x_n, b_dec, W_enc, b_enc, W_dec, threshold, aux, pre_bias: bool):
         x_in = x_n - b_dec if pre_bias else x_n
         pre = torch.addmm(b_enc, x_in, W_enc)  # under autocast: bf16, like the plain path
-        acts = torch.relu(pre)
+        if threshold is None:
+            acts = torch.relu(pre)
+            penalty = acts @ aux.to(acts.dtype)  # acts >= 0, so sum_i |f_i| w_i is a matrix-vector product
+        else:
+            on = pre > threshold
+            acts = torch.where(on, pre, 0)
+            penalty = on.sum(-1, dtype=torch.promote_types(pre.dtype, torch.float32))  # the L0: sum_i H(pre_i - theta_i)
         decoded = acts @ W_dec.to(acts.dtype)
-        l1 = acts @ weights.to(acts.dtype)  # acts >= 0, so sum_i |f_i| w_i is a matrix-vector product
-        ctx.save_for_backward(x_in, W_enc, W_dec, weights, acts)
+        if threshold is None:  # the L1 weights are a tensor; the ReLU's backward needs no pre-activations
+            ctx.save_for_backward(x_in, W_enc, W_dec, None, aux, None, acts)
+        else:  # the bandwidth is a number; the thresholds' window needs the pre-activations
+            ctx.save_for_backward(x_in, W_enc, W_dec, threshold, None, pre, acts)
+            ctx.bandwidth = aux
         ctx.pre_bias = pre_bias
         ctx.set_materialize_grads(False)
-        return pre, acts, decoded, l1
+        return pre, acts, decoded, penalty
 
     @staticmethod
-    def backward(ctx, grad_pre, grad_acts, grad_decoded, grad_l1):
-        x_in, W_enc, W_dec, weights, acts = ctx.saved_tensors
+    def backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty):
+        x_in, W_enc, W_dec, threshold, aux, pre, acts = ctx.saved_tensors
+        if threshold is not None:
+            aux = ctx.bandwidth
         cdt, B = acts.dtype, acts.shape[0]  # the forward's compute dtype (bf16 under autocast)
-        zeros = lambda *shape: acts.new_zeros(shape)  # noqa: E731
-        G = grad_decoded.to(cdt) if grad_decoded is not None else zeros(B, W_dec.shape[1])
-        g1 = grad_l1.to(cdt) if grad_l1 is not None else zeros(B)
-        # d loss / d acts = G W_dec^T + g1 weights^T (+ grad_acts): the product, then the rank-one L1 term in place
+        acc = torch.promote_types(W_enc.dtype, torch.float32)  # sums over the batch accumulate in fp32 (fp64 for fp64)
+        G = grad_decoded.to(cdt) if grad_decoded is not None else acts.new_zeros(B, W_dec.shape[1])
+        # d loss / d acts = G W_dec^T (+ what reached acts directly)
         Wd = W_dec.to(cdt)
         g = G @ Wd.T if grad_acts is None else torch.addmm(grad_acts.to(cdt), G, Wd.T)
-        g.addr_(g1, weights.to(cdt))
-        g = torch.ops.aten.threshold_backward(g, acts, 0)  # the ReLU: no gradient where the latent is off (one pass)
+        grad_threshold = grad_aux = None
+        if threshold is None:
+            if grad_penalty is not None:  # the L1 term: a rank-one update in place
+                g.addr_(grad_penalty.to(cdt), aux.to(cdt))
+                grad_aux = acts.T @ grad_penalty.to(cdt) if ctx.needs_input_grad[6] else None
+        elif ctx.needs_input_grad[5]:  # the thresholds, through the pseudo-derivatives of jumprelu and heaviside_step
+            window = _in_window(pre, threshold, aux)
+            grad_threshold = -(threshold.to(acc) / aux) * torch.where(window, g, 0).sum(0, dtype=acc)
+            if grad_penalty is not None:
+                grad_threshold -= (1.0 / aux) * torch.where(window, grad_penalty.to(cdt)[:, None], 0).sum(0, dtype=acc)
+        g = torch.ops.aten.threshold_backward(g, acts, 0)  # no gradient where the code is 0 (for JumpReLU, theta > 0)
         if grad_pre is not None:
             g += grad_pre.to(cdt)
-        acc = torch.promote_types(W_enc.dtype, torch.float32)  # sums over the batch accumulate in fp32 (fp64 for fp64)
         grad_b_enc = g.sum(0, dtype=acc)
         grad_W_enc = x_in.to(cdt).T @ g
         grad_x = g @ W_enc.to(cdt).T if ctx.needs_input_grad[0] else None
@@ -160,10 +183,15 @@ class _ReLUSAECode(torch.autograd.Function):
         # one vector-matrix product instead of the (B, d_in) gradient of x_in
         grad_b_dec = -(grad_b_enc @ W_enc.to(acc).T) if ctx.pre_bias and ctx.needs_input_grad[1] else None
         grad_W_dec = acts.T @ G if ctx.needs_input_grad[4] else None
-        grad_weights = acts.T @ g1 if ctx.needs_input_grad[5] else None
         cast = lambda t, like: None if t is None else t.to(like.dtype)  # noqa: E731
         return (cast(grad_x, x_in), cast(grad_b_dec, W_enc), cast(grad_W_enc, W_enc), cast(grad_b_enc, W_enc),
-                cast(grad_W_dec, W_dec), cast(grad_weights, weights), None)
+                cast(grad_W_dec, W_dec), cast(grad_threshold, threshold), cast(grad_aux, aux), None)
+
+
+_DENSE_CODE_DOC = """Values and gradients equal those lines written with autograd, with fewer passes over the
+    (B, d_sae) code: the backward makes the gradient of the code once, masks it in one pass, and gets
+    b_dec's gradient from the batch sum rather than from a (B, d_in) product, so a training step costs
+    five (B, d_in, d_sae) products where autograd makes six."""
 
 
 def relu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, weights: Tensor,
@@ -172,13 +200,28 @@ def relu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_de
 
     pre = (x_n - b_dec) W_enc + b_enc (without ``- b_dec`` if not ``pre_encoder_bias``), acts = ReLU(pre),
     and l1 = sum_i acts_i weights_i per example (B,), with x_n (B, d_in), W_enc (d_in, d_sae),
-    W_dec (d_sae, d_in), weights (d_sae,) (the decoder norms, or ones). Same values and gradients as
-    those lines written with autograd, with fewer passes: the backward makes the gradient of the
-    code once (the L1 term added to it in place as a rank-one update), masks it in place, and gets
-    b_dec's gradient from the batch sum rather than from a (B, d_in) product, so a training step
-    costs five (B, d_in, d_sae) products where autograd makes six.
+    W_dec (d_sae, d_in), weights (d_sae,) (the decoder norms, or ones). The L1 term's gradient is
+    added to the code's as an in-place rank-one update.
     """
-    return _ReLUSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, weights, pre_encoder_bias)
+    return _DenseSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, None, weights, pre_encoder_bias)
+
+
+def jumprelu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, threshold: Tensor,
+                      bandwidth: float, pre_encoder_bias: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The JumpReLU SAE's forward pass in one function: (pre, acts, acts W_dec, L0 per example).
+
+    pre as in ``relu_sae_code``, acts = ``jumprelu(pre, threshold, bandwidth)`` and l0 =
+    ``heaviside_step(pre, threshold, bandwidth).sum(-1)`` (B,), with the same straight-through
+    pseudo-derivatives for ``threshold`` (d_sae,), which must be > 0. The rectangle-kernel window
+    is computed once for both.
+    """
+    if bandwidth <= 0:
+        raise ValueError(f"the kernel bandwidth epsilon must be > 0, got {bandwidth}")
+    return _DenseSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, threshold, float(bandwidth), pre_encoder_bias)
+
+
+relu_sae_code.__doc__ += "\n    " + _DENSE_CODE_DOC + "\n"
+jumprelu_sae_code.__doc__ += "\n    " + _DENSE_CODE_DOC + "\n"
 
 
 def batch_topk_activation(pre: Tensor, k: int) -> Tensor:

@@ -97,6 +97,9 @@ class SAEOutput:
     """The code at ``indices``, (B, k), some possibly 0; ``acts`` is these scattered into (B, d_sae)."""
     l1: Tensor | None = None
     """The (decoder-norm weighted) L1 norm of the code per example, (B,), when the forward pass computed it (ReLU SAE)."""
+    l0: Tensor | None = None
+    """The L0 of the code per example, (B,), when the forward pass computed it (JumpReLU SAE: with the
+    pseudo-gradient of ``heaviside_step`` for the thresholds)."""
 
     def __getattribute__(self, name: str):
         value = object.__getattribute__(self, name)
@@ -110,6 +113,8 @@ class SAEOutput:
 
 def code_l0(out) -> Tensor:
     """Non-zero latents per example of an SAE output, (B,) float; from its (B, k) code when it has one (cheaper)."""
+    if getattr(out, "l0", None) is not None:  # counted by the forward pass
+        return out.l0.detach().float()
     if getattr(out, "indices", None) is None:  # |sign| summed: two passes over the code, no bool-to-integer copy
         return torch.sign(out.acts.detach()).abs_().sum(-1, dtype=torch.float32)
     return (out.values.detach() != 0).sum(-1).float()

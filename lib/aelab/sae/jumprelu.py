@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from aelab.functional import heaviside_step, jumprelu
+from aelab.functional import heaviside_step, jumprelu, jumprelu_sae_code
 from aelab.nn.base import Loss
 from aelab.registry import register
 from aelab.sae.base import SAE, SAEConfig, SAEOutput
@@ -59,8 +59,21 @@ class JumpReLUSAE(SAE):
         """theta = exp(log_threshold), (d_sae,)."""
         return self.log_threshold.exp()
 
+    fused_kernel: bool = True
+    """Run the forward pass through ``aelab.functional.jumprelu_sae_code`` (one function with a
+    hand-written backward, which also returns the L0 penalty); False: the plain ``SAE.forward`` and
+    ``heaviside_step`` in the loss, with autograd. Same numbers either way."""
+
     def activation(self, pre: Tensor) -> Tensor:
         return jumprelu(pre, self.threshold, self.config.bandwidth)
+
+    def forward(self, x: Tensor) -> SAEOutput:
+        if not self.fused_kernel:
+            return super().forward(x)
+        x_n = self.normalize(self.check_input(x))
+        pre, acts, decoded, l0 = jumprelu_sae_code(x_n, self.b_dec, self.W_enc, self.b_enc, self.decoder_weight(),
+                                                   self.threshold, self.config.bandwidth, self.config.pre_encoder_bias)
+        return SAEOutput(recon=(decoded + self.b_dec) / self.input_scale, acts=acts, pre_acts=pre, l0=l0)
 
     def loss(self, batch, out: SAEOutput, sparsity_scale: float = 1.0) -> Loss:
         """||x - x_hat||^2 + lambda sum_i H(pre_i - theta_i): summed over d_in and latents, mean over the batch.
@@ -70,6 +83,9 @@ class JumpReLUSAE(SAE):
         """
         x = self.inputs(batch)
         err = self.reconstruction_error(x, out.recon)
-        l0 = heaviside_step(out.pre_acts, self.threshold, self.config.bandwidth).sum(-1).mean()
+        if out.l0 is None:
+            l0 = heaviside_step(out.pre_acts, self.threshold, self.config.bandwidth).sum(-1).mean()
+        else:  # the fused forward's L0, with the same pseudo-gradient
+            l0 = out.l0.mean()
         terms = self.common_terms(x, out, err)
         return Loss(err.mean() + sparsity_scale * self.config.l0_coefficient * l0, terms)
