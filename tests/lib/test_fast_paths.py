@@ -102,12 +102,14 @@ def test_topk_sparse_path_builds_the_dense_code_only_when_read():
 
 @pytest.mark.parametrize("pre_bias", [True, False])
 @pytest.mark.parametrize("use_pre", [False, True])
-def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre):
+@pytest.mark.parametrize("weighted", [True, False])
+def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre, weighted):
     x, b_dec = torch.randn(9, 6), torch.randn(6)
-    W_enc, b_enc, W_dec, w = torch.randn(6, 40), torch.randn(40), torch.randn(40, 6), torch.rand(40)
+    W_enc, b_enc, W_dec = torch.randn(6, 40), torch.randn(40), torch.randn(40, 6)
+    w = torch.rand(40) if weighted else torch.ones(40)
     leaves = [t.clone().requires_grad_() for t in (x, b_dec, W_enc, b_enc, W_dec, w)]
     ref_leaves = [t.clone().requires_grad_() for t in (x, b_dec, W_enc, b_enc, W_dec, w)]
-    pre, acts, decoded, l1 = relu_sae_code(*leaves, pre_encoder_bias=pre_bias)
+    pre, acts, decoded, l1 = relu_sae_code(*leaves[:5], leaves[5] if weighted else None, pre_encoder_bias=pre_bias)
     rx, rb_dec, rW_enc, rb_enc, rW_dec, rw = ref_leaves
     rpre = torch.addmm(rb_enc, rx - rb_dec if pre_bias else rx, rW_enc)
     racts = torch.relu(rpre)
@@ -119,6 +121,8 @@ def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre):
     ((decoded * gd).sum() + (l1 * g1).sum() + extra(pre, acts)).backward()
     ((rdecoded * gd).sum() + (rl1 * g1).sum() + extra(rpre, racts)).backward()
     for got, want, name in zip(leaves, ref_leaves, ("x", "b_dec", "W_enc", "b_enc", "W_dec", "weights")):
+        if name == "weights" and not weighted:
+            continue
         if want.grad is None:
             assert got.grad is None or not got.grad.abs().any(), name
         else:

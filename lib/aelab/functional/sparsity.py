@@ -137,7 +137,8 @@ class _DenseSAECode(torch.autograd.Function):
         pre = torch.addmm(b_enc, x_in, W_enc)  # under autocast: bf16, like the plain path
         if threshold is None:
             acts = torch.relu(pre)
-            penalty = acts @ aux.to(acts.dtype)  # acts >= 0, so sum_i |f_i| w_i is a matrix-vector product
+            # acts >= 0, so sum_i |f_i| w_i is a matrix-vector product (a row sum without weights)
+            penalty = acts.sum(-1) if aux is None else acts @ aux.to(acts.dtype)
         else:
             on = pre > threshold
             acts = torch.where(on, pre, 0)
@@ -162,12 +163,19 @@ class _DenseSAECode(torch.autograd.Function):
         G = grad_decoded.to(cdt) if grad_decoded is not None else acts.new_zeros(B, W_dec.shape[1])
         # d loss / d acts = G W_dec^T (+ what reached acts directly)
         Wd = W_dec.to(cdt)
-        g = G @ Wd.T if grad_acts is None else torch.addmm(grad_acts.to(cdt), G, Wd.T)
+        l1_rows = threshold is None and aux is None and grad_penalty is not None and grad_acts is None
+        if l1_rows:  # the unweighted L1 adds grad_penalty[b] to row b: the product's broadcast input, no extra pass
+            g = torch.addmm(grad_penalty.to(cdt)[:, None], G, Wd.T)
+        else:
+            g = G @ Wd.T if grad_acts is None else torch.addmm(grad_acts.to(cdt), G, Wd.T)
         grad_threshold = grad_aux = None
         if threshold is None:
-            if grad_penalty is not None:  # the L1 term: a rank-one update in place
-                g.addr_(grad_penalty.to(cdt), aux.to(cdt))
-                grad_aux = acts.T @ grad_penalty.to(cdt) if ctx.needs_input_grad[6] else None
+            if grad_penalty is not None and not l1_rows:  # the L1 term
+                if aux is None:
+                    g += grad_penalty.to(cdt)[:, None]
+                else:  # weighted: a rank-one update in place
+                    g.addr_(grad_penalty.to(cdt), aux.to(cdt))
+                    grad_aux = acts.T @ grad_penalty.to(cdt) if ctx.needs_input_grad[6] else None
         elif ctx.needs_input_grad[5]:  # the thresholds, through the pseudo-derivatives of jumprelu and heaviside_step
             window = _in_window(pre, threshold, aux)
             grad_threshold = -(threshold.to(acc) / aux) * torch.where(window, g, 0).sum(0, dtype=acc)
@@ -176,7 +184,7 @@ class _DenseSAECode(torch.autograd.Function):
         g = torch.ops.aten.threshold_backward(g, acts, 0)  # no gradient where the code is 0 (for JumpReLU, theta > 0)
         if grad_pre is not None:
             g += grad_pre.to(cdt)
-        grad_b_enc = g.sum(0, dtype=acc)
+        grad_b_enc = g.sum(0).to(acc)  # in a bf16 step, rounded to bf16 like autograd's (and without an fp32 copy of g)
         grad_W_enc = x_in.to(cdt).T @ g
         grad_x = g @ W_enc.to(cdt).T if ctx.needs_input_grad[0] else None
         # the pre-encoder bias: d/d b_dec of (x - b_dec) W_enc summed over the batch is -(sum_b g_b) W_enc^T,
@@ -194,14 +202,15 @@ _DENSE_CODE_DOC = """Values and gradients equal those lines written with autogra
     five (B, d_in, d_sae) products where autograd makes six."""
 
 
-def relu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, weights: Tensor,
+def relu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, weights: Tensor | None,
                   pre_encoder_bias: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The ReLU SAE's forward pass in one function: (pre, acts, acts W_dec, L1 per example).
 
     pre = (x_n - b_dec) W_enc + b_enc (without ``- b_dec`` if not ``pre_encoder_bias``), acts = ReLU(pre),
     and l1 = sum_i acts_i weights_i per example (B,), with x_n (B, d_in), W_enc (d_in, d_sae),
-    W_dec (d_sae, d_in), weights (d_sae,) (the decoder norms, or ones). The L1 term's gradient is
-    added to the code's as an in-place rank-one update.
+    W_dec (d_sae, d_in), weights (d_sae,) (the decoder norms) or None (all 1). The L1 term's
+    gradient joins the code's as the broadcast input of its product (no weights) or as an in-place
+    rank-one update.
     """
     return _DenseSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, None, weights, pre_encoder_bias)
 

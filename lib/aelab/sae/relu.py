@@ -74,7 +74,7 @@ class ReLUSAE(SAE):
             return super().forward(x)
         x_n = self.normalize(self.check_input(x))
         W_dec = self.decoder_weight()
-        weights = W_dec.norm(dim=1) if self.config.decoder_norm_l1 else torch.ones_like(self.b_enc)
+        weights = W_dec.norm(dim=1) if self.config.decoder_norm_l1 else None
         pre, acts, decoded, l1 = relu_sae_code(x_n, self.b_dec, self.W_enc, self.b_enc, W_dec, weights,
                                                self.config.pre_encoder_bias)
         return SAEOutput(recon=(decoded + self.b_dec) / self.input_scale, acts=acts, pre_acts=pre, l1=l1)
