@@ -8,6 +8,7 @@ explorers show their starting image in a static viewer), and writes the wall tim
     python -m aelab.lectures                      # every lectures/NN_*.ipynb, full mode
     python -m aelab.lectures 02 03                # the lectures whose names start with 02, 03
     AELAB_FAST=1 python -m aelab.lectures --no-write 02   # a quick check, notebook left untouched
+    python -m aelab.lectures --timings-only       # time every lecture, notebooks left untouched
 
 A cell that raises stops the run with the cell's error; the notebook file is then left unchanged.
 """
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("lectures", nargs="*", help="name prefixes, e.g. 02 03 (default: all)")
     parser.add_argument("--root", default=".", help="the repository root (default: the current folder)")
     parser.add_argument("--no-write", action="store_true", help="execute without saving the notebooks or the timings")
+    parser.add_argument("--timings-only", action="store_true",
+                        help="save the timings (full mode) but leave the notebooks as they are, e.g. to time a new machine")
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     mode = "fast" if os.environ.get("AELAB_FAST", "") not in ("", "0") else "full"
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     measured = {}
     for path in find(root, args.lectures):
         print(f"executing {path.name} ({mode} mode) ...", flush=True)
-        seconds = execute(path, write=not args.no_write)
+        seconds = execute(path, write=not (args.no_write or args.timings_only))
         print(f"  {seconds:.0f} s", flush=True)
         measured[path.name] = round(seconds, 1)
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}

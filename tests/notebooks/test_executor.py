@@ -36,3 +36,11 @@ def test_no_write_and_unknown_names(tmp_path):
     assert not (tmp_path / "lectures" / "timings.json").exists()
     with pytest.raises(SystemExit, match="no lecture matches"):
         lectures.main(["--root", str(tmp_path), "07"])
+
+
+def test_timings_only_keeps_the_notebooks(tmp_path, monkeypatch):
+    monkeypatch.delenv("AELAB_FAST", raising=False)
+    tiny_course(tmp_path, ["01_a.ipynb"])
+    lectures.main(["--root", str(tmp_path), "--timings-only"])
+    assert not nbformat.read(tmp_path / "lectures" / "01_a.ipynb", as_version=4).cells[0].outputs
+    assert "01_a.ipynb" in json.loads((tmp_path / "lectures" / "timings.json").read_text())
