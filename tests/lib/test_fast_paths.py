@@ -286,3 +286,21 @@ def test_cuda_paths_match_the_cpu():
         finally:
             loop._fits_on = orig
         assert next(m.parameters()).is_cuda and len(h.logs) >= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("name", ["sae_topk", "sae_relu", "sae_jumprelu"])
+def test_cuda_sae_steps_match_the_cpu(name):
+    """One training step of each fast SAE path (sparse TopK kernels, fused ReLU / JumpReLU) on CUDA, fused Adam included."""
+    torch.manual_seed(0)
+    cfg = dict(k=4) if name == "sae_topk" else dict(init_threshold=0.05, bandwidth=0.05) if name == "sae_jumprelu" else {}
+    model = aelab.build(name, d_in=16, d_sae=256, **cfg)
+    x = torch.randn(64, 16)
+    model.initialize(x)
+    gpu = copy.deepcopy(model)
+    for m, dev in ((model, "cpu"), (gpu, "cuda")):
+        aelab.fit(m, x, max_steps=2, batch_size=32, shuffle=False, device=dev, progress=False)
+    assert next(gpu.parameters()).is_cuda
+    for (pname, p), q in zip(model.named_parameters(), gpu.parameters()):
+        torch.testing.assert_close(q.cpu(), p, rtol=1e-3, atol=1e-4, msg=pname)
