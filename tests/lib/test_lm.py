@@ -265,6 +265,28 @@ def test_batches_visit_every_row_once_per_epoch_in_a_new_order(cache32: L.Activa
         cache32.batches(1000)
 
 
+def test_prefetching_reads_in_the_background_and_yields_the_same_batches(cache32: L.ActivationCache, monkeypatch) -> None:
+    import threading
+
+    readers = []
+    real = L.ActivationBatches._read
+
+    def spy(self, group):
+        readers.append(threading.current_thread().name)
+        return real(self, group)
+
+    monkeypatch.setattr(L.ActivationBatches, "_read", spy)
+    plain = [torch.cat(list(cache32.batches(20, seed=3, mix=2, prefetch=False))) for _ in range(1)]
+    assert readers and all(name == threading.current_thread().name for name in readers)
+    readers.clear()
+    fetched = [torch.cat(list(cache32.batches(20, seed=3, mix=2))) for _ in range(1)]
+    assert readers and all(name.startswith("aelab-prefetch") for name in readers)
+    assert torch.equal(plain[0], fetched[0])
+    stream = iter(cache32.batches(20, mix=1))
+    next(stream)
+    stream.close()  # a training loop that stops early: the reader thread is shut down with the generator
+
+
 def test_fit_trains_an_sae_from_the_stream(cache32: L.ActivationCache) -> None:
     aelab.seed_everything(0)
     sae = aelab.build("sae_topk", d_in=16, d_sae=32, k=4)

@@ -30,6 +30,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -617,9 +618,11 @@ class ActivationCache:
         for start, chunk in zip(self._offsets, self._chunks):
             yield int(start), _from_storage(chunk, self.manifest["dtype"])
 
-    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, mix: int = 4) -> ActivationBatches:
-        """Batches (batch_size, d_model) for ``aelab.fit``, streamed from disk with ``mix`` chunks in memory."""
-        return ActivationBatches(self, batch_size, shuffle, seed, mix)
+    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, mix: int = 4,
+                prefetch: bool = True) -> ActivationBatches:
+        """Batches (batch_size, d_model) for ``aelab.fit``, streamed from disk with ``mix`` chunks in memory
+        (and, with ``prefetch``, the next ``mix`` being read in the background)."""
+        return ActivationBatches(self, batch_size, shuffle, seed, mix, prefetch)
 
 
 class ActivationBatches:
@@ -629,15 +632,26 @@ class ActivationBatches:
     into memory, shuffled together and cut into batches (the remainder carries over to the next
     group), so memory holds about ``mix`` chunks however large the cache. Every row is used once
     per epoch; the last, smaller batch is dropped. ``len`` is the number of batches per epoch.
+
+    With ``prefetch`` (the default), a background thread reads and converts the next group's chunks
+    from disk while the training steps consume the current group, so a step does not wait for the
+    disk (memory then holds up to 2 ``mix`` chunks). The batches are the same either way: the
+    shuffling stays in the consuming thread, in the same order.
     """
 
-    def __init__(self, cache: ActivationCache, batch_size: int, shuffle: bool = True, seed: int = 0, mix: int = 4):
+    def __init__(self, cache: ActivationCache, batch_size: int, shuffle: bool = True, seed: int = 0, mix: int = 4,
+                 prefetch: bool = True):
         if batch_size < 1 or mix < 1:
             raise ValueError(f"batch_size and mix must be >= 1, got {batch_size} and {mix}")
         if batch_size > len(cache):
             raise ValueError(f"batch_size {batch_size} is larger than the cache ({len(cache)} rows)")
         self.cache, self.batch_size, self.shuffle, self.seed, self.mix = cache, batch_size, shuffle, seed, mix
+        self.prefetch = prefetch
         self.epoch = 0
+
+    def _read(self, group: list[int]) -> list[Tensor]:
+        """The float32 rows of these chunks, read from disk."""
+        return [_from_storage(self.cache._chunks[c], self.cache.manifest["dtype"]) for c in group]
 
     def __len__(self) -> int:
         return len(self.cache) // self.batch_size
@@ -645,17 +659,27 @@ class ActivationBatches:
     def __iter__(self) -> Iterator[Tensor]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         self.epoch += 1
-        chunks = self.cache._chunks
-        order = torch.randperm(len(chunks), generator=gen).tolist() if self.shuffle else list(range(len(chunks)))
-        carry = torch.empty(0, self.cache.d_model)
-        for g in range(0, len(order), self.mix):
-            rows = torch.cat([carry] + [_from_storage(chunks[c], self.cache.manifest["dtype"]) for c in order[g:g + self.mix]])
-            if self.shuffle:
-                rows = rows[torch.randperm(rows.shape[0], generator=gen)]
-            n_full = rows.shape[0] // self.batch_size
-            for b in range(n_full):
-                yield rows[b * self.batch_size:(b + 1) * self.batch_size]
-            carry = rows[n_full * self.batch_size:]
+        n_chunks = len(self.cache._chunks)
+        order = torch.randperm(n_chunks, generator=gen).tolist() if self.shuffle else list(range(n_chunks))
+        groups = [order[g:g + self.mix] for g in range(0, len(order), self.mix)]
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aelab-prefetch") if self.prefetch else None
+        try:
+            pending = pool.submit(self._read, groups[0]) if pool else None
+            carry = torch.empty(0, self.cache.d_model)
+            for i, group in enumerate(groups):
+                parts = pending.result() if pool else self._read(group)
+                if pool and i + 1 < len(groups):
+                    pending = pool.submit(self._read, groups[i + 1])  # read the next group while this one trains
+                rows = torch.cat([carry, *parts])
+                if self.shuffle:
+                    rows = rows[torch.randperm(rows.shape[0], generator=gen)]
+                n_full = rows.shape[0] // self.batch_size
+                for b in range(n_full):
+                    yield rows[b * self.batch_size:(b + 1) * self.batch_size]
+                carry = rows[n_full * self.batch_size:]
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- latent statistics over a cache (feature dashboards) -------------------------------------------
