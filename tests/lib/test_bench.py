@@ -67,3 +67,13 @@ def test_merge_pairs_the_sides_by_key_and_keeps_the_order():
     assert [(r["benchmark"], r["baseline_value"], r["aelab_value"], r["speedup"]) for r in rows] == [
         ("A", 2.0, None, None), ("B", 4.0, 8.0, 2.0), ("C", None, 1.0, None)]
     assert rows[0]["note"] == "base note" and rows[1]["note"] == "ours"
+
+
+def test_the_example_dataset_serves_the_same_images(tmp_path):
+    x = torch.randint(0, 256, (5, 1, 28, 28)).float() / 255
+    y = torch.tensor([3, 1, 4, 1, 5])
+    ds = bench.example_dataset(x, y, str(tmp_path))
+    assert len(ds) == 5
+    for i in range(5):
+        image, label = ds[i]
+        assert torch.equal(image, x[i]) and int(label) == int(y[i])
