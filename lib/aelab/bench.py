@@ -279,7 +279,7 @@ def sae_measure(quick: bool, side: str) -> list[dict]:
               "relu": ("sae_relu", dict(d_sae=d_sae, l1_coefficient=1e-3)),
               "jumprelu": ("sae_jumprelu", dict(d_sae=d_sae))}
     shape = f"({d_in}->{d_sae}, batch {batch})"
-    out = []
+    out, seconds = [], {}
     for kind, (name, cfg) in models.items():
         naive = naive_sae_steps(kind, x, batch, steps, d_sae, k)
         if side == "baseline":
@@ -290,7 +290,7 @@ def sae_measure(quick: bool, side: str) -> list[dict]:
                                 "the same loop, default allocator", "tokens/s", batch / naive, ""))
             continue
         for p in precisions:
-            ours = aelab_sae_steps(name, x, batch, steps, p, **cfg)
+            ours = seconds[kind, p] = aelab_sae_steps(name, x, batch, steps, p, **cfg)
             out.append(_measure(f"sae-{kind}-{p}", f"SAE {kind} training, {p} {shape}", "dense tutorial loop, fp32", "tokens/s",
                                 batch / ours, f"aelab step = {ours / mm[p]:.1f} encoder matmuls ({p})"))
         out.append(_measure(f"sae-{kind}-allocator", f"ablation: the tutorial {kind} loop with aelab's CPU allocator setting {shape}",
@@ -299,9 +299,9 @@ def sae_measure(quick: bool, side: str) -> list[dict]:
         lens, why = saelens_topk_steps(x, batch, steps, d_sae, k)
         out.append(_measure("sae-saelens", f"SAE topk training, fp32 {shape}", f"SAELens TopK step ({why})" if lens else "SAELens TopK step",
                             "tokens/s", None if lens is None else batch / lens, "" if lens else why))
-    else:
-        ours = aelab_sae_steps("sae_topk", x, batch, steps, "fp32", d_sae=d_sae, k=k)
-        out.append(_measure("sae-saelens", f"SAE topk training, fp32 {shape}", "SAELens TopK step", "tokens/s", batch / ours, ""))
+    else:  # the same TopK fp32 step, against SAELens's
+        out.append(_measure("sae-saelens", f"SAE topk training, fp32 {shape}", "SAELens TopK step", "tokens/s",
+                            batch / seconds["topk", "fp32"], ""))
     return out
 
 

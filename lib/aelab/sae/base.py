@@ -176,7 +176,11 @@ class SAE(Model):
 
     def decode(self, acts: Tensor) -> Tensor:
         """Sparse code (B, d_sae) -> reconstruction in the input's scale (B, d_in)."""
-        return (acts @ self.decoder_weight() + self.b_dec) / self.input_scale
+        return self.reconstruction(acts @ self.decoder_weight())
+
+    def reconstruction(self, decoded: Tensor) -> Tensor:
+        """f W_dec (B, d_in), however it was computed (dense, sparse or fused) -> x_hat = (f W_dec + b_dec) / s."""
+        return (decoded + self.b_dec) / self.input_scale
 
     def forward(self, x: Tensor) -> SAEOutput:
         pre = self.pre_activations(self.normalize(self.check_input(x)))

@@ -73,7 +73,7 @@ class JumpReLUSAE(SAE):
         x_n = self.normalize(self.check_input(x))
         pre, acts, decoded, l0 = jumprelu_sae_code(x_n, self.b_dec, self.W_enc, self.b_enc, self.decoder_weight(),
                                                    self.threshold, self.config.bandwidth, self.config.pre_encoder_bias)
-        return SAEOutput(recon=(decoded + self.b_dec) / self.input_scale, acts=acts, pre_acts=pre, l0=l0)
+        return SAEOutput(recon=self.reconstruction(decoded), acts=acts, pre_acts=pre, l0=l0)
 
     def loss(self, batch, out: SAEOutput, sparsity_scale: float = 1.0) -> Loss:
         """||x - x_hat||^2 + lambda sum_i H(pre_i - theta_i): summed over d_in and latents, mean over the batch.

@@ -65,19 +65,21 @@ class ReLUSAE(SAE):
     def activation(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)
 
-    def l1_weights(self) -> Tensor | None:
-        """Per-latent weights of the L1 penalty: the decoder row norms with ``decoder_norm_l1``, else None (all 1)."""
-        return self.decoder_weight().norm(dim=1) if self.config.decoder_norm_l1 else None
+    def l1_weights(self, W_dec: Tensor | None = None) -> Tensor | None:
+        """Per-latent weights of the L1 penalty: the norms of the rows of ``W_dec`` (default
+        ``decoder_weight()``) with ``decoder_norm_l1``, else None (all 1)."""
+        if not self.config.decoder_norm_l1:
+            return None
+        return (self.decoder_weight() if W_dec is None else W_dec).norm(dim=1)
 
     def forward(self, x: Tensor) -> SAEOutput:
         if not self.fused_kernel:
             return super().forward(x)
         x_n = self.normalize(self.check_input(x))
         W_dec = self.decoder_weight()
-        weights = W_dec.norm(dim=1) if self.config.decoder_norm_l1 else None
-        pre, acts, decoded, l1 = relu_sae_code(x_n, self.b_dec, self.W_enc, self.b_enc, W_dec, weights,
+        pre, acts, decoded, l1 = relu_sae_code(x_n, self.b_dec, self.W_enc, self.b_enc, W_dec, self.l1_weights(W_dec),
                                                self.config.pre_encoder_bias)
-        return SAEOutput(recon=(decoded + self.b_dec) / self.input_scale, acts=acts, pre_acts=pre, l1=l1)
+        return SAEOutput(recon=self.reconstruction(decoded), acts=acts, pre_acts=pre, l1=l1)
 
     def loss(self, batch, out: SAEOutput, sparsity_scale: float = 1.0) -> Loss:
         """||x - x_hat||^2 + lambda * sum_i f_i (||W_dec,i||): summed over d_in and latents, mean over the batch.

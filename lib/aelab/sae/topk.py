@@ -77,7 +77,7 @@ class TopKSAE(SAE):
         x_n = self.normalize(self.check_input(x))
         pre, values, indices = topk_encode(self.encoder_input(x_n), self.W_enc, self.b_enc, self.config.k)
         values = torch.relu(values)  # (B, k)
-        recon = (sparse_decode(values, indices, self.decoder_weight()) + self.b_dec) / self.input_scale
+        recon = self.reconstruction(sparse_decode(values, indices, self.decoder_weight()))
         # acts=None: the dense (B, d_sae) code is scattered from (indices, values) only if something reads it
         return SAEOutput(recon=recon, acts=None, pre_acts=pre, indices=indices, values=values)
 
