@@ -15,7 +15,7 @@ import torch
 
 import aelab
 from aelab.functional import (heaviside_step, jumprelu, jumprelu_sae_code, l1_penalty, relu_sae_code, sparse_decode,
-                              topk_activation, topk_encode)
+                              topk_activation, topk_encode, topk_sae_code)
 from aelab.sae.base import code_fired, code_l0
 from aelab.train.loop import StepContext
 
@@ -53,6 +53,46 @@ def test_sparse_decode_matches_the_dense_product(float64):
     torch.testing.assert_close(W.grad, W2.grad)
     with pytest.raises(ValueError, match="same shape"):
         sparse_decode(values[:, :3], indices, W)
+
+
+@pytest.mark.parametrize("pre_bias", [True, False])
+@pytest.mark.parametrize("reads", ["decoded", "decoded+values", "decoded+pre", "values"])
+def test_topk_sae_code_matches_the_autograd_lines(float64, pre_bias, reads):
+    """Values and every gradient of the fused TopK forward equal topk + ReLU + a dense decoder product with autograd."""
+    torch.manual_seed(0)
+    B, d_in, d_sae, k = 9, 5, 40, 4
+    params = [torch.randn(d_in), torch.randn(d_in, d_sae), -torch.randn(d_sae).abs() - 0.1, torch.randn(d_sae, d_in)]
+    x_n = torch.randn(B, d_in)
+    x_n[3] = params[0] if pre_bias else 0.0  # pre-activations b_enc < 0 in this row: the ReLU zeroes its top k
+    for x_grad in (False, True):
+        fused = [x_n.clone().requires_grad_(x_grad)] + [p.clone().requires_grad_() for p in params]
+        plain = [x_n.clone().requires_grad_(x_grad)] + [p.clone().requires_grad_() for p in params]
+        pre, values, indices, decoded = topk_sae_code(*fused, k, pre_bias)
+        xp, bd, We, be, Wd = plain
+        ref_pre = torch.addmm(be, xp - bd if pre_bias else xp, We)
+        top = torch.topk(ref_pre, k, dim=-1)
+        ref_values = torch.relu(top.values)
+        ref_decoded = torch.zeros(B, d_sae).scatter(-1, top.indices, ref_values) @ Wd
+        assert torch.equal(pre, ref_pre) and torch.equal(indices, top.indices) and torch.equal(values, ref_values)
+        assert (values == 0).any(), "the ReLU after the top-k is exercised"
+        torch.testing.assert_close(decoded, ref_decoded)
+        wd, wv, wp = torch.randn(B, d_in), torch.randn(B, k), torch.randn(B, d_sae)
+
+        def objective(p, v, dec):
+            total = (dec * wd).sum() if "decoded" in reads else 0.0
+            total = total + ((v * wv).sum() if "values" in reads else 0.0)
+            return total + ((p * wp).pow(2).sum() if "pre" in reads else 0.0)  # the AuxK case: dense backward
+
+        objective(pre, values, decoded).backward()
+        objective(ref_pre, ref_values, ref_decoded).backward()
+        names = ("x_n", "b_dec", "W_enc", "b_enc", "W_dec")
+        for got, want, name in zip(fused, plain, names):
+            if want.grad is None:
+                assert got.grad is None or not got.grad.any(), name
+            else:
+                torch.testing.assert_close(got.grad, want.grad, msg=f"grad of {name} ({reads}, pre bias {pre_bias})")
+    with pytest.raises(ValueError, match="k must be"):
+        topk_sae_code(x_n, *params, d_sae + 1)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -52,6 +52,7 @@ from aelab.functional.sparsity import (
     sparse_decode,
     topk_activation,
     topk_encode,
+    topk_sae_code,
 )
 from aelab.functional.semi_supervised import categorical_entropy, categorical_kl_uniform, enumerated_elbo
 from aelab.functional.topology import (
@@ -112,6 +113,7 @@ __all__ = [
     "straight_through",
     "topk_activation",
     "topk_encode",
+    "topk_sae_code",
     "sparse_decode",
     "relu_sae_code",
     "jumprelu_sae_code",

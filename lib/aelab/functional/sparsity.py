@@ -12,6 +12,7 @@ Reductions: per-example functions return ``(B,)``; the docstring of each says wh
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -30,6 +31,75 @@ def topk_activation(pre: Tensor, k: int) -> Tensor:
     return torch.zeros_like(pre).scatter(-1, indices, values)
 
 
+def _bag_weight_grad(grad: Tensor, W: Tensor, indices: Tensor) -> Tensor:
+    """grad[b] . W[indices[b, s]] for every entry: (B, d), (n, d), (B, k) -> (B, k), in W's dtype.
+
+    The gradient of an embedding bag's per-sample weights, by the kernel torch's own backward calls
+    (no (B, k, d) gather, no second forward pass).
+    """
+    B, k = indices.shape
+    offsets = torch.arange(0, B * k, k, device=indices.device)
+    bag = torch.arange(B, device=indices.device).repeat_interleave(k)  # the bag (example) of each entry
+    return torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        grad.to(W.dtype).contiguous(), W, indices.flatten(), offsets, bag, 0).view(B, k)
+
+
+class _ByLatent:
+    """The entries of a (B, k) code grouped by latent: a (d_sae, B) sparse matrix in CSR form, sorted once.
+
+    ``sum(weights, dense)`` is sum over the entries (b, s) with indices[b, s] = j of weights[b, s] dense[b],
+    (d_sae, d): the gradient of W_dec (weights the code, dense the reconstruction's gradient) or of
+    W_enc^T (weights the code's gradient, dense the encoder input). One CSR product each, B k d
+    multiply-adds instead of the B d_sae d of a dense product; the sort is shared by both.
+    """
+
+    def __init__(self, indices: Tensor, d_sae: int):
+        self.B, k = indices.shape
+        self.d_sae = d_sae
+        flat = indices.flatten()
+        self.order = torch.argsort(flat, stable=True)
+        self.rows = torch.div(self.order, k, rounding_mode="floor")  # the example of each sorted entry
+        self.crow = torch.zeros(d_sae + 1, dtype=torch.long, device=indices.device)
+        torch.cumsum(torch.bincount(flat, minlength=d_sae), 0, out=self.crow[1:])
+
+    def sum(self, weights: Tensor, dense: Tensor) -> Tensor:
+        values = weights.flatten()[self.order].to(dense.dtype)
+        with warnings.catch_warnings():  # torch calls its CSR layout beta; this use is covered by tests against dense products
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            A = torch.sparse_csr_tensor(self.crow, self.rows, values, (self.d_sae, self.B), check_invariants=False)
+        return A @ dense.contiguous()
+
+
+def _topk_encoder_grads(ctx_needs, x_in: Tensor, W: Tensor, indices: Tensor, g: Tensor, grad_pre: Tensor | None,
+                        latents: _ByLatent | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of (x_in, W, b) for pre = x_in W + b when the loss reads pre only at the kept entries.
+
+    g (B, k) is the gradient at those entries, in the accumulation dtype. With ``grad_pre`` (something,
+    the AuxK loss, read the dense pre-activations) one dense backward; else the sparse one: a CSR
+    product for W, an embedding bag for x_in, an index sum for b.
+    """
+    need_x, need_W, need_b = ctx_needs
+    dt, d_sae = g.dtype, W.shape[1]
+    grad_x = grad_W = grad_b = None
+    if grad_pre is not None:
+        dense = grad_pre.to(dt).scatter_add(-1, indices, g)
+        grad_x = dense @ W.to(dt).T if need_x else None
+        grad_W = x_in.to(dt).T @ dense if need_W else None
+        grad_b = dense.sum(0) if need_b else None
+        return grad_x, grad_W, grad_b
+    if need_x:  # grad_x[b] = sum_s g[b, s] W[:, idx[b, s]]
+        grad_x = torch.nn.functional.embedding_bag(indices, W.to(dt).T.contiguous(), per_sample_weights=g, mode="sum")
+    if need_W:  # grad_W[:, j] = sum over (b, s) with idx[b, s] = j of g[b, s] x[b]
+        grad_W = (latents or _ByLatent(indices, d_sae)).sum(g, x_in.to(dt)).T
+    if need_b:
+        grad_b = torch.zeros(d_sae, dtype=dt, device=g.device).index_add_(0, indices.flatten(), g.flatten())
+    return grad_x, grad_W, grad_b
+
+
+def _cast(t: Tensor | None, like: Tensor | None) -> Tensor | None:
+    return None if t is None else t.to(like.dtype)
+
+
 class _TopKEncode(torch.autograd.Function):
     """pre = x W + b and its k largest entries per row; backward exploits that only k per row are used."""
 
@@ -45,30 +115,10 @@ class _TopKEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_pre: Tensor | None, grad_values: Tensor | None, _):
         x, W, indices = ctx.saved_tensors
-        B, k = indices.shape
-        d_sae = W.shape[1]
         dt = torch.promote_types(W.dtype, torch.float32)  # bf16 / fp16 gradients accumulate in fp32
         g = grad_values.to(dt) if grad_values is not None else torch.zeros(indices.shape, dtype=dt, device=x.device)
-        grad_x = grad_W = grad_b = None
-        if grad_pre is not None:  # something (AuxK) used the dense pre-activations: one dense backward
-            dense = grad_pre.to(dt).scatter_add(-1, indices, g)
-            if ctx.needs_input_grad[0]:
-                grad_x = dense @ W.to(dt).T
-            if ctx.needs_input_grad[1]:
-                grad_W = x.to(dt).T @ dense
-            if ctx.needs_input_grad[2]:
-                grad_b = dense.sum(0)
-        else:  # only the kept entries carry a gradient: B k d_in multiply-adds instead of B d_sae d_in
-            rows = torch.arange(B, device=x.device).repeat_interleave(k)
-            if ctx.needs_input_grad[0]:  # grad_x[b] = sum_s g[b, s] W[:, idx[b, s]]
-                grad_x = torch.nn.functional.embedding_bag(indices, W.to(dt).T.contiguous(), per_sample_weights=g, mode="sum")
-            if ctx.needs_input_grad[1]:  # grad_W[:, j] = sum over (b, s) with idx[b, s] = j of g[b, s] x[b]
-                G = torch.sparse_coo_tensor(torch.stack([indices.flatten(), rows]), g.flatten(), (d_sae, B), check_invariants=False)
-                grad_W = torch.sparse.mm(G, x.to(dt)).T
-            if ctx.needs_input_grad[2]:
-                grad_b = torch.zeros(d_sae, dtype=dt, device=x.device).index_add_(0, indices.flatten(), g.flatten())
-        cast = lambda t, like: None if t is None else t.to(like.dtype)  # noqa: E731
-        return cast(grad_x, x), cast(grad_W, W), cast(grad_b, W), None
+        grad_x, grad_W, grad_b = _topk_encoder_grads(ctx.needs_input_grad[:3], x, W, indices, g, grad_pre)
+        return _cast(grad_x, x), _cast(grad_W, W), _cast(grad_b, W), None
 
 
 def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -96,18 +146,11 @@ class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         values, indices, W = ctx.saved_tensors
-        B, k = indices.shape
         grad_values = grad_W = None
-        if ctx.needs_input_grad[0]:  # grad_values[b, s] = grad[b] . W[idx[b, s]], by the embedding bag's own backward
-            with torch.enable_grad():
-                v = values.detach().to(W.dtype).requires_grad_()
-                out = torch.nn.functional.embedding_bag(indices, W.detach(), per_sample_weights=v, mode="sum")
-                (grad_values,) = torch.autograd.grad(out, v, grad.to(W.dtype))
-            grad_values = grad_values.to(values.dtype)
+        if ctx.needs_input_grad[0]:  # grad_values[b, s] = grad[b] . W[idx[b, s]]
+            grad_values = _bag_weight_grad(grad, W, indices).to(values.dtype)
         if ctx.needs_input_grad[2]:  # grad_W[j] = sum over (b, s) with idx[b, s] = j of values[b, s] grad[b]
-            rows = torch.arange(B, device=W.device).repeat_interleave(k)
-            G = torch.sparse_coo_tensor(torch.stack([indices.flatten(), rows]), values.flatten().to(W.dtype), (W.shape[0], B), check_invariants=False)
-            grad_W = torch.sparse.mm(G, grad.to(W.dtype))
+            grad_W = _ByLatent(indices, W.shape[0]).sum(values, grad.to(W.dtype))
         return grad_values, None, grad_W
 
 
@@ -121,6 +164,63 @@ def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
     if values.shape != indices.shape or values.dim() != 2:
         raise ValueError(f"values and indices must be (B, k) tensors of the same shape, got {tuple(values.shape)} and {tuple(indices.shape)}")
     return _SparseDecode.apply(values, indices, W_dec)
+
+
+class _TopKSAECode(torch.autograd.Function):
+    """Encoder, top-k code and sparse decoder product of a TopK SAE in one function, with a hand-written backward."""
+
+    @staticmethod
+    def forward(ctx, x_n, b_dec, W_enc, b_enc, W_dec, k: int, pre_bias: bool):
+        x_in = x_n - b_dec if pre_bias else x_n
+        pre = torch.addmm(b_enc, x_in, W_enc)  # as SAE.pre_activations (bf16 under autocast), so the same numbers
+        values, indices = torch.topk(pre, k, dim=-1)
+        values = torch.relu(values)
+        decoded = torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
+        ctx.save_for_backward(x_in, W_enc, W_dec, indices, values)
+        ctx.pre_bias = pre_bias
+        ctx.mark_non_differentiable(indices)
+        ctx.set_materialize_grads(False)
+        return pre, values, indices, decoded
+
+    @staticmethod
+    def backward(ctx, grad_pre, grad_values, _, grad_decoded):
+        x_in, W_enc, W_dec, indices, values = ctx.saved_tensors
+        dt = torch.promote_types(W_enc.dtype, torch.float32)  # sums over the batch accumulate in fp32 (fp64 for fp64)
+        latents = _ByLatent(indices, W_enc.shape[1])  # sorted once for both weight gradients
+        g = torch.zeros(indices.shape, dtype=dt, device=indices.device)
+        grad_W_dec = None
+        if grad_decoded is not None:  # d loss / d values[b, s] = grad_decoded[b] . W_dec[idx[b, s]]
+            g += _bag_weight_grad(grad_decoded, W_dec, indices)
+            if ctx.needs_input_grad[4]:
+                grad_W_dec = latents.sum(values, grad_decoded.to(dt))
+        if grad_values is not None:
+            g += grad_values
+        g = torch.where(values > 0, g, 0)  # the ReLU after the top-k
+        grad_x, grad_W_enc, grad_b_enc = _topk_encoder_grads(
+            (ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3] or ctx.pre_bias),
+            x_in, W_enc, indices, g, grad_pre, latents)
+        # the pre-encoder bias: d/d b_dec of (x - b_dec) W_enc summed over the batch is -(sum_b g_b) W_enc^T
+        grad_b_dec = -(grad_b_enc @ W_enc.to(dt).T) if ctx.pre_bias and ctx.needs_input_grad[1] else None
+        grad_b_enc = grad_b_enc if ctx.needs_input_grad[3] else None
+        return (_cast(grad_x, x_in), _cast(grad_b_dec, W_enc), _cast(grad_W_enc, W_enc), _cast(grad_b_enc, W_enc),
+                _cast(grad_W_dec, W_dec), None, None)
+
+
+def topk_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, k: int,
+                  pre_encoder_bias: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The TopK SAE's forward pass in one function: (pre, values, indices, f W_dec).
+
+    pre = (x_n - b_dec) W_enc + b_enc (without ``- b_dec`` if not ``pre_encoder_bias``) (B, d_sae);
+    values, indices (B, k) = ReLU of ``torch.topk(pre, k)``'s values, and its indices; f W_dec (B, d_in)
+    for the code f with those non-zeros. Values and gradients equal ``topk_encode`` followed by ReLU and
+    ``sparse_decode``, and the backward touches only the B k kept entries unless ``pre`` itself reaches
+    the loss: the two weight gradients share one sort of the indices, the per-entry gradient comes
+    from the embedding bag's own kernel, and b_dec's gradient from the batch sum, -(sum_b g_b) W_enc^T,
+    rather than from a (B, d_in) product. Gradients are computed in fp32 (fp64 for fp64 inputs).
+    """
+    if not 1 <= k <= W_enc.shape[-1]:
+        raise ValueError(f"k must be in [1, {W_enc.shape[-1]}] (the code size), got {k}")
+    return _TopKSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, k, pre_encoder_bias)
 
 
 class _DenseSAECode(torch.autograd.Function):

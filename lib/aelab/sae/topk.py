@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aelab.functional import dead_topk_activation, sparse_decode, squared_error, topk_activation, topk_encode
+from aelab.functional import dead_topk_activation, squared_error, topk_activation, topk_sae_code
 from aelab.nn.base import Loss
 from aelab.registry import register
 from aelab.sae.base import SAE, SAEConfig, SAEOutput
@@ -59,7 +59,7 @@ class TopKSAE(SAE):
     Config = TopKSAEConfig
 
     sparse_kernels: bool | None = None
-    """Encode and decode through the (B, k) code (``topk_encode``, ``sparse_decode``): None (default)
+    """Encode and decode through the (B, k) code (``aelab.functional.topk_sae_code``): None (default)
     does so when k <= d_sae / 8, where it is faster; True / False force it on / off. Same numbers either way."""
 
     def activation(self, pre: Tensor) -> Tensor:
@@ -75,9 +75,9 @@ class TopKSAE(SAE):
         if not self.uses_sparse_kernels():
             return super().forward(x)
         x_n = self.normalize(self.check_input(x))
-        pre, values, indices = topk_encode(self.encoder_input(x_n), self.W_enc, self.b_enc, self.config.k)
-        values = torch.relu(values)  # (B, k)
-        recon = self.reconstruction(sparse_decode(values, indices, self.decoder_weight()))
+        pre, values, indices, decoded = topk_sae_code(x_n, self.b_dec, self.W_enc, self.b_enc, self.decoder_weight(),
+                                                      self.config.k, self.config.pre_encoder_bias)
+        recon = self.reconstruction(decoded)
         # acts=None: the dense (B, d_sae) code is scattered from (indices, values) only if something reads it
         return SAEOutput(recon=recon, acts=None, pre_acts=pre, indices=indices, values=values)
 
