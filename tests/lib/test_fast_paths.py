@@ -16,6 +16,7 @@ import torch
 import aelab
 from aelab.functional import (heaviside_step, jumprelu, jumprelu_sae_code, l1_penalty, relu_sae_code, sparse_decode,
                               topk_activation, topk_encode, topk_sae_code)
+from aelab.functional import sparsity
 from aelab.sae.base import code_fired, code_l0
 from aelab.train.loop import StepContext
 
@@ -140,16 +141,38 @@ def test_topk_sparse_path_builds_the_dense_code_only_when_read():
     assert torch.equal(code_fired(out), (dense != 0).any(0)) and torch.equal(code_l0(out), (dense != 0).sum(-1).float())
 
 
+def test_code_nonzeros_lists_entries_in_row_order():
+    acts = torch.tensor([[0.0, 2.0, 0.0, 1.5], [0.0, 0.0, 0.0, 0.0], [-0.0, 0.0, 3.0, 0.0]])
+    code = sparsity._Code.nonzeros(acts)
+    assert code.examples.tolist() == [0, 0, 2, 2] and code.latents.tolist() == [1, 3, 0, 2]
+    assert code.values.tolist() == [2.0, 1.5, 0.0, 3.0] and code.offsets.tolist() == [0, 2, 2]
+    assert torch.signbit(code.values[2]), "a -0.0 is listed (its gradient is masked in the backward)"
+    assert torch.equal(code.flat, torch.tensor([1, 3, 8, 10]))
+
+
 @pytest.mark.parametrize("pre_bias", [True, False])
 @pytest.mark.parametrize("use_pre", [False, True])
 @pytest.mark.parametrize("weighted", [True, False])
-def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre, weighted):
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre, weighted, path, monkeypatch):
+    sparse_steps = []
+    nonzeros = sparsity._Code.nonzeros
+    monkeypatch.setattr(sparsity._Code, "nonzeros", classmethod(lambda cls, acts: sparse_steps.append(1) or nonzeros(acts)))
     x, b_dec = torch.randn(9, 6), torch.randn(6)
     W_enc, b_enc, W_dec = torch.randn(6, 40), torch.randn(40), torch.randn(40, 6)
+    if path == "sparse":  # about 10% of the code non-zero, and one example with none
+        b_enc = b_enc - 4.0
+        x[4] = b_dec if pre_bias else 0.0
     w = torch.rand(40) if weighted else torch.ones(40)
     leaves = [t.clone().requires_grad_() for t in (x, b_dec, W_enc, b_enc, W_dec, w)]
     ref_leaves = [t.clone().requires_grad_() for t in (x, b_dec, W_enc, b_enc, W_dec, w)]
-    pre, acts, decoded, l1 = relu_sae_code(*leaves[:5], leaves[5] if weighted else None, pre_encoder_bias=pre_bias)
+    below = 0.0 if path == "dense" else 0.2
+    pre, acts, decoded, l1 = relu_sae_code(*leaves[:5], leaves[5] if weighted else None, pre_encoder_bias=pre_bias,
+                                           sparse_below=below)
+    density = (acts > 0).double().mean().item()
+    assert (0 < density < 0.2) if path == "sparse" else density > 0.2, density
+    assert len(sparse_steps) == (path == "sparse"), "the step took the path under test"
+    assert path == "dense" or not acts[4].any()
     rx, rb_dec, rW_enc, rb_enc, rW_dec, rw = ref_leaves
     rpre = torch.addmm(rb_enc, rx - rb_dec if pre_bias else rx, rW_enc)
     racts = torch.relu(rpre)
@@ -219,15 +242,24 @@ def test_jumprelu_sae_fused_kernel_trains_like_autograd():
 
 @pytest.mark.parametrize("cfg", [dict(), dict(unit_norm_decoder=False, decoder_norm_l1=True, normalize_activations=True),
                                  dict(pre_encoder_bias=False, resample_every=2, dead_steps=1)])
-def test_relu_sae_fused_kernel_trains_like_autograd(cfg):
+@pytest.mark.parametrize("start", ["dense", "sparse"])
+def test_relu_sae_fused_kernel_trains_like_autograd(cfg, start, monkeypatch):
     torch.manual_seed(0)
     model = aelab.build("sae_relu", d_in=16, d_sae=96, l1_coefficient=0.05, sparsity_warmup_steps=2, **cfg)
+    x = torch.randn(64, 16)
+    if start == "sparse":  # a code about 3% non-zero, as after training: the fused model takes the sparse step
+        model.initialize(x)
+        with torch.no_grad():
+            model.b_enc -= torch.kthvalue(model.pre_activations(model.normalize(x)), 62, dim=0).values
+    sparse_steps = []
+    nonzeros = sparsity._Code.nonzeros
+    monkeypatch.setattr(sparsity._Code, "nonzeros", classmethod(lambda cls, acts: sparse_steps.append(1) or nonzeros(acts)))
     plain, fused = copy.deepcopy(model), copy.deepcopy(model)
     plain.fused_kernel = False
-    x = torch.randn(64, 16)
     for m in (plain, fused):
         torch.manual_seed(1)  # the resampling draws
         aelab.fit(m, x, max_steps=5, batch_size=32, shuffle=False, device="cpu", progress=False)
+    assert (len(sparse_steps) >= 2) if start == "sparse" else not sparse_steps, len(sparse_steps)  # resampling densifies cfg 3
     for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
     assert torch.equal(plain.steps_since_fired, fused.steps_since_fired)

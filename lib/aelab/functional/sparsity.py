@@ -31,36 +31,39 @@ def topk_activation(pre: Tensor, k: int) -> Tensor:
     return torch.zeros_like(pre).scatter(-1, indices, values)
 
 
-def _bag_weight_grad(grad: Tensor, W: Tensor, indices: Tensor) -> Tensor:
-    """grad[b] . W[indices[b, s]] for every entry: (B, d), (n, d), (B, k) -> (B, k), in W's dtype.
-
-    The gradient of an embedding bag's per-sample weights, by the kernel torch's own backward calls
-    (no (B, k, d) gather, no second forward pass).
-    """
+def _bags(indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A (B, k) code's entries as embedding bags: flat latent ids (B k,), bag offsets (B,), the bag of each entry."""
     B, k = indices.shape
-    offsets = torch.arange(0, B * k, k, device=indices.device)
-    bag = torch.arange(B, device=indices.device).repeat_interleave(k)  # the bag (example) of each entry
+    return (indices.flatten(), torch.arange(0, B * k, k, device=indices.device),
+            torch.arange(B, device=indices.device).repeat_interleave(k))
+
+
+def _bag_weight_grad(grad: Tensor, W: Tensor, latents: Tensor, offsets: Tensor, bag: Tensor) -> Tensor:
+    """grad[bag[e]] . W[latents[e]] for every entry e: (B, d), (n, d), (E,) -> (E,), in W's dtype.
+
+    The gradient of an embedding bag's per-sample weights (bags given by ``offsets``, and ``bag`` the
+    bag of each entry), by the kernel torch's own backward calls: no (E, d) gather, no second forward.
+    """
     return torch.ops.aten._embedding_bag_per_sample_weights_backward(
-        grad.to(W.dtype).contiguous(), W, indices.flatten(), offsets, bag, 0).view(B, k)
+        grad.to(W.dtype).contiguous(), W, latents, offsets, bag, 0)
 
 
 class _ByLatent:
-    """The entries of a (B, k) code grouped by latent: a (d_sae, B) sparse matrix in CSR form, sorted once.
+    """The entries of a sparse code grouped by latent: a (d_sae, B) sparse matrix in CSR form, sorted once.
 
-    ``sum(weights, dense)`` is sum over the entries (b, s) with indices[b, s] = j of weights[b, s] dense[b],
-    (d_sae, d): the gradient of W_dec (weights the code, dense the reconstruction's gradient) or of
-    W_enc^T (weights the code's gradient, dense the encoder input). One CSR product each, B k d
-    multiply-adds instead of the B d_sae d of a dense product; the sort is shared by both.
+    ``latents`` and ``examples`` (E,) give each non-zero's latent and example. ``sum(weights, dense)`` is
+    sum over the entries e with latents[e] = j of weights[e] dense[examples[e]], (d_sae, d): the
+    gradient of W_dec (weights the code, dense the reconstruction's gradient) or of W_enc^T (weights
+    the code's gradient, dense the encoder input). One CSR product each, E d multiply-adds instead
+    of the B d_sae d of a dense product; the sort is shared by both.
     """
 
-    def __init__(self, indices: Tensor, d_sae: int):
-        self.B, k = indices.shape
-        self.d_sae = d_sae
-        flat = indices.flatten()
-        self.order = torch.argsort(flat, stable=True)
-        self.rows = torch.div(self.order, k, rounding_mode="floor")  # the example of each sorted entry
-        self.crow = torch.zeros(d_sae + 1, dtype=torch.long, device=indices.device)
-        torch.cumsum(torch.bincount(flat, minlength=d_sae), 0, out=self.crow[1:])
+    def __init__(self, latents: Tensor, examples: Tensor, d_sae: int, B: int):
+        self.B, self.d_sae = B, d_sae
+        self.order = torch.argsort(latents, stable=True)
+        self.rows = examples[self.order]
+        self.crow = torch.zeros(d_sae + 1, dtype=torch.long, device=latents.device)
+        torch.cumsum(torch.bincount(latents, minlength=d_sae), 0, out=self.crow[1:])
 
     def sum(self, weights: Tensor, dense: Tensor) -> Tensor:
         values = weights.flatten()[self.order].to(dense.dtype)
@@ -90,7 +93,7 @@ def _topk_encoder_grads(ctx_needs, x_in: Tensor, W: Tensor, indices: Tensor, g: 
     if need_x:  # grad_x[b] = sum_s g[b, s] W[:, idx[b, s]]
         grad_x = torch.nn.functional.embedding_bag(indices, W.to(dt).T.contiguous(), per_sample_weights=g, mode="sum")
     if need_W:  # grad_W[:, j] = sum over (b, s) with idx[b, s] = j of g[b, s] x[b]
-        grad_W = (latents or _ByLatent(indices, d_sae)).sum(g, x_in.to(dt)).T
+        grad_W = (latents or _ByLatent(indices.flatten(), _bags(indices)[2], d_sae, g.shape[0])).sum(g, x_in.to(dt)).T
     if need_b:
         grad_b = torch.zeros(d_sae, dtype=dt, device=g.device).index_add_(0, indices.flatten(), g.flatten())
     return grad_x, grad_W, grad_b
@@ -147,10 +150,11 @@ class _SparseDecode(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         values, indices, W = ctx.saved_tensors
         grad_values = grad_W = None
+        latents, offsets, bag = _bags(indices)
         if ctx.needs_input_grad[0]:  # grad_values[b, s] = grad[b] . W[idx[b, s]]
-            grad_values = _bag_weight_grad(grad, W, indices).to(values.dtype)
+            grad_values = _bag_weight_grad(grad, W, latents, offsets, bag).view(indices.shape).to(values.dtype)
         if ctx.needs_input_grad[2]:  # grad_W[j] = sum over (b, s) with idx[b, s] = j of values[b, s] grad[b]
-            grad_W = _ByLatent(indices, W.shape[0]).sum(values, grad.to(W.dtype))
+            grad_W = _ByLatent(latents, bag, W.shape[0], indices.shape[0]).sum(values, grad.to(W.dtype))
         return grad_values, None, grad_W
 
 
@@ -186,11 +190,12 @@ class _TopKSAECode(torch.autograd.Function):
     def backward(ctx, grad_pre, grad_values, _, grad_decoded):
         x_in, W_enc, W_dec, indices, values = ctx.saved_tensors
         dt = torch.promote_types(W_enc.dtype, torch.float32)  # sums over the batch accumulate in fp32 (fp64 for fp64)
-        latents = _ByLatent(indices, W_enc.shape[1])  # sorted once for both weight gradients
+        flat, offsets, bag = _bags(indices)
+        latents = _ByLatent(flat, bag, W_enc.shape[1], indices.shape[0])  # sorted once for both weight gradients
         g = torch.zeros(indices.shape, dtype=dt, device=indices.device)
         grad_W_dec = None
         if grad_decoded is not None:  # d loss / d values[b, s] = grad_decoded[b] . W_dec[idx[b, s]]
-            g += _bag_weight_grad(grad_decoded, W_dec, indices)
+            g += _bag_weight_grad(grad_decoded, W_dec, flat, offsets, bag).view(indices.shape)
             if ctx.needs_input_grad[4]:
                 grad_W_dec = latents.sum(values, grad_decoded.to(dt))
         if grad_values is not None:
@@ -223,6 +228,78 @@ def topk_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_de
     return _TopKSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, k, pre_encoder_bias)
 
 
+class _Code:
+    """The non-zeros of a (B, d_sae) code in row-major order: each one's example, latent and value (E,),
+    and where each example's run starts (B,), the offsets of its embedding bag."""
+
+    def __init__(self, examples: Tensor, latents: Tensor, values: Tensor, offsets: Tensor, flat: Tensor):
+        self.examples, self.latents, self.values, self.offsets, self.flat = examples, latents, values, offsets, flat
+
+    @classmethod
+    def nonzeros(cls, acts: Tensor) -> _Code:
+        B, d_sae = acts.shape
+        # nonzero over the bits as integers: about half the time of a bool mask and its nonzero. A -0.0
+        # counts as an entry; it adds 0 to every sum, and the backward masks it (value > 0) like the ReLU's.
+        bits = acts.view(_SAME_SIZE_INT[acts.element_size()]).view(-1)
+        flat = bits.nonzero().squeeze(1)
+        examples = torch.div(flat, d_sae, rounding_mode="floor")
+        offsets = torch.zeros(B, dtype=torch.long, device=acts.device)
+        torch.cumsum(torch.bincount(examples, minlength=B)[:-1], 0, out=offsets[1:])
+        return cls(examples, flat - examples * d_sae, acts.view(-1).take(flat), offsets, flat)
+
+
+_SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _takes_sparse_path(pre: Tensor, W_enc: Tensor, sparse_below: float) -> bool:
+    """Whether the ReLU code of ``pre`` is sparse enough for the sparse step: on a CPU, outside autocast,
+    with at most ``sparse_below`` of it non-zero on a sample of up to 256 rows."""
+    if sparse_below <= 0 or pre.device.type != "cpu" or pre.dtype != W_enc.dtype or pre.dim() != 2 or pre.numel() == 0:
+        return False
+    sample = pre[:: max(1, pre.shape[0] // 256)]
+    return float(torch.count_nonzero(torch.relu(sample))) <= sparse_below * sample.numel()
+
+
+def _sparse_relu_backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty):
+    """The ReLU SAE's backward from the E non-zeros of its code: per-entry gradients, CSR products for
+    W_enc and W_dec, index sums for b_enc and the L1 weights; the dense fallback only for ``grad_pre``."""
+    x_in, W_enc, W_dec, _, aux, _, _ = ctx.saved_tensors
+    code: _Code = ctx.code
+    B, d_sae = x_in.shape[0], W_enc.shape[1]
+    dt = torch.promote_types(W_enc.dtype, torch.float32)
+    g = torch.zeros_like(code.values, dtype=dt)
+    grad_W_dec = grad_aux = None
+    latents = _ByLatent(code.latents, code.examples, d_sae, B)
+    if grad_decoded is not None:  # d loss / d f_e = grad_decoded[b] . W_dec[j] for the entry e = (b, j)
+        g += _bag_weight_grad(grad_decoded, W_dec, code.latents, code.offsets, code.examples)
+        if ctx.needs_input_grad[4]:
+            grad_W_dec = latents.sum(code.values, grad_decoded.to(dt))
+    if grad_acts is not None:
+        g += grad_acts.reshape(-1).take(code.flat)
+    if grad_penalty is not None:  # the L1: sum_j f_bj w_j, and f >= 0
+        per_entry = grad_penalty.to(dt)[code.examples]
+        g += per_entry if aux is None else per_entry * aux.to(dt)[code.latents]
+        if aux is not None and ctx.needs_input_grad[6]:
+            grad_aux = torch.zeros(d_sae, dtype=dt, device=g.device).index_add_(0, code.latents, code.values.to(dt) * per_entry)
+    g = torch.where(code.values > 0, g, 0)  # the ReLU's own mask (a -0.0 entry)
+    if grad_pre is not None:  # something read the dense pre-activations: one dense backward
+        dense = grad_pre.to(dt).clone()
+        dense.view(-1).index_add_(0, code.flat, g)
+        grad_x = dense @ W_enc.to(dt).T if ctx.needs_input_grad[0] else None
+        grad_W_enc = x_in.to(dt).T @ dense
+        grad_b_enc = dense.sum(0)
+    else:
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.nn.functional.embedding_bag(code.latents, W_enc.to(dt).T.contiguous(), code.offsets,
+                                                       per_sample_weights=g, mode="sum")
+        grad_W_enc = latents.sum(g, x_in.to(dt)).T if ctx.needs_input_grad[2] else None
+        grad_b_enc = torch.zeros(d_sae, dtype=dt, device=g.device).index_add_(0, code.latents, g)
+    grad_b_dec = -(grad_b_enc @ W_enc.to(dt).T) if ctx.pre_bias and ctx.needs_input_grad[1] else None
+    return (_cast(grad_x, x_in), _cast(grad_b_dec, W_enc), _cast(grad_W_enc, W_enc), _cast(grad_b_enc, W_enc),
+            _cast(grad_W_dec, W_dec), None, _cast(grad_aux, aux), None, None)
+
+
 class _DenseSAECode(torch.autograd.Function):
     """Encoder, code, decoder product and sparsity penalty of a dense-code SAE, with a hand-written backward.
 
@@ -232,9 +309,21 @@ class _DenseSAECode(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x_n, b_dec, W_enc, b_enc, W_dec, threshold, aux, pre_bias: bool):
+    def forward(ctx, x_n, b_dec, W_enc, b_enc, W_dec, threshold, aux, pre_bias: bool, sparse_below: float = 0.0):
         x_in = x_n - b_dec if pre_bias else x_n
         pre = torch.addmm(b_enc, x_in, W_enc)  # under autocast: bf16, like the plain path
+        ctx.pre_bias = pre_bias
+        ctx.set_materialize_grads(False)
+        ctx.code = None
+        if threshold is None and _takes_sparse_path(pre, W_enc, sparse_below):
+            acts = torch.relu(pre)
+            code = ctx.code = _Code.nonzeros(acts)
+            decoded = torch.nn.functional.embedding_bag(code.latents, W_dec.to(acts.dtype), code.offsets,
+                                                        per_sample_weights=code.values, mode="sum")
+            weighted = code.values if aux is None else code.values * aux.to(acts.dtype)[code.latents]
+            penalty = acts.new_zeros(acts.shape[0]).index_add_(0, code.examples, weighted)
+            ctx.save_for_backward(x_in, W_enc, W_dec, None, aux, None, None)
+            return pre, acts, decoded, penalty
         if threshold is None:
             acts = torch.relu(pre)
             # acts >= 0, so sum_i |f_i| w_i is a matrix-vector product (a row sum without weights)
@@ -249,12 +338,12 @@ class _DenseSAECode(torch.autograd.Function):
         else:  # the bandwidth is a number; the thresholds' window needs the pre-activations
             ctx.save_for_backward(x_in, W_enc, W_dec, threshold, None, pre, acts)
             ctx.bandwidth = aux
-        ctx.pre_bias = pre_bias
-        ctx.set_materialize_grads(False)
         return pre, acts, decoded, penalty
 
     @staticmethod
     def backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty):
+        if ctx.code is not None:
+            return _sparse_relu_backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty)
         x_in, W_enc, W_dec, threshold, aux, pre, acts = ctx.saved_tensors
         if threshold is not None:
             aux = ctx.bandwidth
@@ -293,7 +382,7 @@ class _DenseSAECode(torch.autograd.Function):
         grad_W_dec = acts.T @ G if ctx.needs_input_grad[4] else None
         cast = lambda t, like: None if t is None else t.to(like.dtype)  # noqa: E731
         return (cast(grad_x, x_in), cast(grad_b_dec, W_enc), cast(grad_W_enc, W_enc), cast(grad_b_enc, W_enc),
-                cast(grad_W_dec, W_dec), cast(grad_threshold, threshold), cast(grad_aux, aux), None)
+                cast(grad_W_dec, W_dec), cast(grad_threshold, threshold), cast(grad_aux, aux), None, None)
 
 
 _DENSE_CODE_DOC = """Values and gradients equal those lines written with autograd, with fewer passes over the
@@ -303,7 +392,7 @@ _DENSE_CODE_DOC = """Values and gradients equal those lines written with autogra
 
 
 def relu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, weights: Tensor | None,
-                  pre_encoder_bias: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  pre_encoder_bias: bool = True, sparse_below: float = 0.05) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The ReLU SAE's forward pass in one function: (pre, acts, acts W_dec, L1 per example).
 
     pre = (x_n - b_dec) W_enc + b_enc (without ``- b_dec`` if not ``pre_encoder_bias``), acts = ReLU(pre),
@@ -311,8 +400,14 @@ def relu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_de
     W_dec (d_sae, d_in), weights (d_sae,) (the decoder norms) or None (all 1). The L1 term's
     gradient joins the code's as the broadcast input of its product (no weights) or as an in-place
     rank-one update.
+
+    Sparse step: on a CPU outside autocast, when at most ``sparse_below`` of the code is non-zero
+    (estimated on up to 256 rows; 0 turns it off), as once training has made the code sparse, only the
+    E non-zeros are used after the encoder product: the decoder product is an embedding bag and the
+    gradients of W_dec and W_enc are sparse-dense products, E d_in multiply-adds each instead of
+    B d_sae d_in. Same values and gradients.
     """
-    return _DenseSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, None, weights, pre_encoder_bias)
+    return _DenseSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, None, weights, pre_encoder_bias, sparse_below)
 
 
 def jumprelu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, threshold: Tensor,
@@ -326,7 +421,7 @@ def jumprelu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, 
     """
     if bandwidth <= 0:
         raise ValueError(f"the kernel bandwidth epsilon must be > 0, got {bandwidth}")
-    return _DenseSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, threshold, float(bandwidth), pre_encoder_bias)
+    return _DenseSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, threshold, float(bandwidth), pre_encoder_bias, 0.0)
 
 
 relu_sae_code.__doc__ += "\n    " + _DENSE_CODE_DOC + "\n"

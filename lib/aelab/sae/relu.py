@@ -62,6 +62,11 @@ class ReLUSAE(SAE):
     backward: five (B, d_in, d_sae) products per step instead of six, fewer passes over the code).
     False: the plain ``SAE.forward`` with autograd. Same numbers either way."""
 
+    sparse_below: float = 0.05
+    """With the fused kernel on a CPU in fp32 / fp64: once at most this fraction of the code is non-zero
+    (as after a little training), steps use only its non-zeros after the encoder product (see
+    ``relu_sae_code``). 0 turns it off. Same numbers either way."""
+
     def activation(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)
 
@@ -78,7 +83,7 @@ class ReLUSAE(SAE):
         x_n = self.normalize(self.check_input(x))
         W_dec = self.decoder_weight()
         pre, acts, decoded, l1 = relu_sae_code(x_n, self.b_dec, self.W_enc, self.b_enc, W_dec, self.l1_weights(W_dec),
-                                               self.config.pre_encoder_bias)
+                                               self.config.pre_encoder_bias, self.sparse_below)
         return SAEOutput(recon=self.reconstruction(decoded), acts=acts, pre_acts=pre, l1=l1)
 
     def loss(self, batch, out: SAEOutput, sparsity_scale: float = 1.0) -> Loss:
