@@ -141,6 +141,21 @@ def test_topk_sparse_path_builds_the_dense_code_only_when_read():
     assert torch.equal(code_fired(out), (dense != 0).any(0)) and torch.equal(code_l0(out), (dense != 0).sum(-1).float())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_topk_by_groups_equals_torch_topk(dtype):
+    torch.manual_seed(0)
+    for B, d_sae, k in [(7, 256, 4), (5, 512, 8), (3, 96, 3), (4, 64, 4)]:  # the last falls back (2 per group)
+        pre = torch.randn(B, d_sae, dtype=dtype)
+        pre[1] = pre[1].round()  # many ties: the values still agree, in order
+        pre[2, : d_sae // 2] = 5.0  # more maxima than k, all in a few groups
+        values, indices = sparsity._row_topk(pre, k)
+        ref = torch.topk(pre, k, dim=-1)
+        assert torch.equal(values, ref.values), (B, d_sae, k)
+        assert torch.equal(pre.gather(1, indices), values) and all(len(set(r.tolist())) == k for r in indices)
+        for row in (0, 3, 4)[: B - 2]:  # rows without ties give the same indices too
+            assert torch.equal(indices[row], ref.indices[row])
+
+
 def test_code_nonzeros_lists_entries_in_row_order():
     acts = torch.tensor([[0.0, 2.0, 0.0, 1.5], [0.0, 0.0, 0.0, 0.0], [-0.0, 0.0, 3.0, 0.0]])
     code = sparsity._Code.nonzeros(acts)

@@ -31,6 +31,31 @@ def topk_activation(pre: Tensor, k: int) -> Tensor:
     return torch.zeros_like(pre).scatter(-1, indices, values)
 
 
+def _row_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``torch.topk(pre, k, dim=-1)`` for a (B, d_sae) CPU tensor, by a first pass over groups.
+
+    The columns are split into G = 8k strided groups (column j in group j mod G); only the k groups
+    with the largest maxima can hold a top-k entry (a group outside them with an entry above the
+    k-th largest value would make k + 1 group maxima above it), so one max over the groups, a top-k
+    of the G maxima and a top-k of those k groups' d_sae k / G entries give the same values, in the
+    same order; among tied values the indices may differ. Used for fp32 and fp64, where ties are rare
+    (bf16 and fp16 codes tie often, and their indices should not depend on the path); falls back to
+    ``torch.topk`` there, off the CPU, and where the shape does not split (d_sae not a multiple of G,
+    or fewer than 4 entries per group).
+    """
+    B, d_sae = pre.shape
+    G = 8 * k
+    if (pre.device.type != "cpu" or pre.dtype not in (torch.float32, torch.float64) or d_sae % G or d_sae // G < 4
+            or not pre.is_contiguous()):
+        return torch.topk(pre, k, dim=-1)
+    per_group = d_sae // G
+    grouped = pre.view(B, per_group, G)  # grouped[b, i, c] = pre[b, c + G i]
+    _, groups = torch.topk(grouped.amax(1), k, dim=-1, sorted=False)  # (B, k)
+    candidates = grouped.gather(2, groups.unsqueeze(1).expand(B, per_group, k))  # (B, per_group, k)
+    values, pos = torch.topk(candidates.view(B, per_group * k), k, dim=-1)
+    return values, groups.gather(1, pos % k) + G * torch.div(pos, k, rounding_mode="floor")
+
+
 def _bags(indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """A (B, k) code's entries as embedding bags: flat latent ids (B k,), bag offsets (B,), the bag of each entry."""
     B, k = indices.shape
@@ -177,7 +202,7 @@ class _TopKSAECode(torch.autograd.Function):
     def forward(ctx, x_n, b_dec, W_enc, b_enc, W_dec, k: int, pre_bias: bool):
         x_in = x_n - b_dec if pre_bias else x_n
         pre = torch.addmm(b_enc, x_in, W_enc)  # as SAE.pre_activations (bf16 under autocast), so the same numbers
-        values, indices = torch.topk(pre, k, dim=-1)
+        values, indices = _row_topk(pre, k)
         values = torch.relu(values)
         decoded = torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
         ctx.save_for_backward(x_in, W_enc, W_dec, indices, values)
