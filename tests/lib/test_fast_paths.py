@@ -156,6 +156,24 @@ def test_row_topk_by_groups_equals_torch_topk(dtype):
             assert torch.equal(indices[row], ref.indices[row])
 
 
+def test_scaled_squared_error_matches_squared_error_of_the_scaled_tensors(float64):
+    from aelab.functional import scaled_squared_error, squared_error
+    x, recon, s = torch.randn(7, 5), torch.randn(7, 5), torch.tensor(0.37)
+    g = torch.randn(7)
+    for x_grad in (False, True):
+        a, r = x.clone().requires_grad_(x_grad), recon.clone().requires_grad_()
+        a2, r2 = x.clone().requires_grad_(x_grad), recon.clone().requires_grad_()
+        err, ref = scaled_squared_error(a, r, s), squared_error(s * a2, s * r2)
+        torch.testing.assert_close(err, ref)
+        (err * g).sum().backward()
+        (ref * g).sum().backward()
+        torch.testing.assert_close(r.grad, r2.grad)
+        assert (a.grad is None) == (not x_grad) and (a.grad is None or torch.allclose(a.grad, a2.grad))
+    torch.testing.assert_close(scaled_squared_error(x, recon), squared_error(x, recon))
+    with pytest.raises(ValueError, match="same shape"):
+        scaled_squared_error(x, recon[:, :3], s)
+
+
 def test_code_nonzeros_lists_entries_in_row_order():
     acts = torch.tensor([[0.0, 2.0, 0.0, 1.5], [0.0, 0.0, 0.0, 0.0], [-0.0, 0.0, 3.0, 0.0]])
     code = sparsity._Code.nonzeros(acts)

@@ -575,6 +575,41 @@ def heaviside_step(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
     return _HeavisideStep.apply(z, _check_threshold(z, threshold, bandwidth), float(bandwidth))
 
 
+class _ScaledSquaredError(torch.autograd.Function):
+    """s^2 ||x - r||^2 per row from one saved difference: one pass and one read forward, one pass backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, recon: Tensor, scale: Tensor) -> Tensor:
+        diff = x - recon
+        ctx.save_for_backward(diff, scale)
+        return torch.linalg.vector_norm(diff, dim=-1).square_().mul_(scale.square())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        diff, scale = ctx.saved_tensors
+        per_row = (2 * scale.square()) * grad  # (B,)
+        grad_x = diff * per_row[:, None].to(diff.dtype) if ctx.needs_input_grad[0] else None
+        grad_recon = None
+        if ctx.needs_input_grad[1]:
+            grad_recon = -grad_x if grad_x is not None else diff * (-per_row)[:, None].to(diff.dtype)
+        return grad_x, grad_recon, None
+
+
+def scaled_squared_error(x: Tensor, recon: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+    """||s x - s x_hat||^2 = s^2 ||x - x_hat||^2 per example, summed over d: (B, d) twice -> (B,).
+
+    The SAE reconstruction error on the normalised scale (s the activation normalisation) without
+    forming s x and s x_hat: the difference is made once and kept for the backward pass, about a
+    third of the passes over (B, d) of ``squared_error(s * x, s * recon)``, which it equals. s is a
+    constant (no gradient), and the gradient is not differentiable again. No mean over the batch.
+    """
+    if x.shape != recon.shape or x.dim() != 2:
+        raise ValueError(f"x and its reconstruction must be (B, d) tensors of the same shape, got {tuple(x.shape)} and {tuple(recon.shape)}")
+    scale = torch.as_tensor(scale, dtype=torch.promote_types(x.dtype, recon.dtype), device=x.device)
+    return _ScaledSquaredError.apply(x, recon, scale)
+
+
 def l1_penalty(acts: Tensor, decoder_norms: Tensor | None = None) -> Tensor:
     """sum_i |f_i| ||W_dec,i|| per example: (B, d_sae) and optional norms (d_sae,) -> (B,).
 

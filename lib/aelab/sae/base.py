@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aelab.functional import geometric_median, remove_parallel_grad, squared_error
+from aelab.functional import geometric_median, remove_parallel_grad, scaled_squared_error
 from aelab.nn.base import Loss, Model
 from aelab.train import distributed
 from aelab.train.schedules import linear_ramp
@@ -180,7 +180,7 @@ class SAE(Model):
 
     def reconstruction(self, decoded: Tensor) -> Tensor:
         """f W_dec (B, d_in), however it was computed (dense, sparse or fused) -> x_hat = (f W_dec + b_dec) / s."""
-        return (decoded + self.b_dec) / self.input_scale
+        return (decoded + self.b_dec).div_(self.input_scale)  # in place: one (B, d_in) buffer, the same gradient
 
     def forward(self, x: Tensor) -> SAEOutput:
         pre = self.pre_activations(self.normalize(self.check_input(x)))
@@ -190,14 +190,15 @@ class SAE(Model):
     # -- the objective -----------------------------------------------------------------------------
     def reconstruction_error(self, x: Tensor, recon: Tensor) -> Tensor:
         """||s x - s x_hat||^2 per example, summed over d_in on the normalised scale: (B,)."""
-        return squared_error(self.normalize(x), self.normalize(recon))
+        return scaled_squared_error(x, recon, self.input_scale)
 
     def common_terms(self, x: Tensor, out: SAEOutput, recon_error: Tensor) -> dict[str, Tensor]:
         """Logged with every SAE loss: ``recon`` (batch mean), ``l0`` (mean non-zeros per example), ``fvu``."""
-        x_n = self.normalize(x).detach()
         terms = {"recon": recon_error.mean(), "l0": code_l0(out).mean()}
-        if x.shape[0] > 1:  # FVU needs a batch mean to compare with
-            terms["fvu"] = recon_error.detach().sum() / (x_n - x_n.mean(0)).pow(2).sum().clamp_min(1e-12)
+        if x.shape[0] > 1:  # FVU needs a batch mean to compare with; ||s x - mean(s x)||^2 = s^2 ||x - mean(x)||^2
+            x = x.detach()
+            total = torch.linalg.vector_norm(x - x.mean(0), dtype=recon_error.dtype).square() * self.input_scale.square()
+            terms["fvu"] = recon_error.detach().sum() / total.clamp_min(1e-12)
         return terms
 
     def loss(self, batch: Any, out: SAEOutput, sparsity_scale: float = 1.0) -> Loss:
