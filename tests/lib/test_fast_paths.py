@@ -206,6 +206,12 @@ def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre, weighted, pa
     assert (0 < density < 0.2) if path == "sparse" else density > 0.2, density
     assert len(sparse_steps) == (path == "sparse"), "the step took the path under test"
     assert path == "dense" or not acts[4].any()
+    *_, l0, fired = relu_sae_code(*leaves[:5], leaves[5] if weighted else None, pre_encoder_bias=pre_bias,
+                                  sparse_below=below, counts=True)
+    if path == "sparse":  # counted from the non-zeros
+        assert torch.equal(l0, (acts > 0).sum(-1).float()) and torch.equal(fired, (acts > 0).any(0))
+    else:
+        assert l0 is None and fired is None
     rx, rb_dec, rW_enc, rb_enc, rW_dec, rw = ref_leaves
     rpre = torch.addmm(rb_enc, rx - rb_dec if pre_bias else rx, rW_enc)
     racts = torch.relu(rpre)

@@ -347,8 +347,12 @@ class _DenseSAECode(torch.autograd.Function):
                                                         per_sample_weights=code.values, mode="sum")
             weighted = code.values if aux is None else code.values * aux.to(acts.dtype)[code.latents]
             penalty = acts.new_zeros(acts.shape[0]).index_add_(0, code.examples, weighted)
+            on = code.values > 0  # (a -0.0 entry is no firing)
+            l0 = torch.zeros(acts.shape[0], dtype=torch.float32, device=acts.device).index_add_(0, code.examples, on.float())
+            fired = torch.bincount(code.latents[on], minlength=acts.shape[1]) > 0
+            ctx.mark_non_differentiable(l0, fired)
             ctx.save_for_backward(x_in, W_enc, W_dec, None, aux, None, None)
-            return pre, acts, decoded, penalty
+            return pre, acts, decoded, penalty, l0, fired
         if threshold is None:
             acts = torch.relu(pre)
             # acts >= 0, so sum_i |f_i| w_i is a matrix-vector product (a row sum without weights)
@@ -363,10 +367,10 @@ class _DenseSAECode(torch.autograd.Function):
         else:  # the bandwidth is a number; the thresholds' window needs the pre-activations
             ctx.save_for_backward(x_in, W_enc, W_dec, threshold, None, pre, acts)
             ctx.bandwidth = aux
-        return pre, acts, decoded, penalty
+        return pre, acts, decoded, penalty, None, None  # L0 and firing: counted from the code by whoever needs them
 
     @staticmethod
-    def backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty):
+    def backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty, _l0=None, _fired=None):
         if ctx.code is not None:
             return _sparse_relu_backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty)
         x_in, W_enc, W_dec, threshold, aux, pre, acts = ctx.saved_tensors
@@ -417,7 +421,7 @@ _DENSE_CODE_DOC = """Values and gradients equal those lines written with autogra
 
 
 def relu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, weights: Tensor | None,
-                  pre_encoder_bias: bool = True, sparse_below: float = 0.05) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  pre_encoder_bias: bool = True, sparse_below: float = 0.05, counts: bool = False) -> tuple:
     """The ReLU SAE's forward pass in one function: (pre, acts, acts W_dec, L1 per example).
 
     pre = (x_n - b_dec) W_enc + b_enc (without ``- b_dec`` if not ``pre_encoder_bias``), acts = ReLU(pre),
@@ -431,8 +435,13 @@ def relu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_de
     E non-zeros are used after the encoder product: the decoder product is an embedding bag and the
     gradients of W_dec and W_enc are sparse-dense products, E d_in multiply-adds each instead of
     B d_sae d_in. Same values and gradients.
+
+    ``counts``: also return the L0 per example (B,) float and the latents that fired on some example
+    (d_sae,) bool, from the non-zeros when the sparse step ran (almost free there), else None (count
+    them from ``acts``).
     """
-    return _DenseSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, None, weights, pre_encoder_bias, sparse_below)
+    out = _DenseSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, None, weights, pre_encoder_bias, sparse_below)
+    return out if counts else out[:4]
 
 
 def jumprelu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, threshold: Tensor,
@@ -446,7 +455,7 @@ def jumprelu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, 
     """
     if bandwidth <= 0:
         raise ValueError(f"the kernel bandwidth epsilon must be > 0, got {bandwidth}")
-    return _DenseSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, threshold, float(bandwidth), pre_encoder_bias, 0.0)
+    return _DenseSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, threshold, float(bandwidth), pre_encoder_bias, 0.0)[:4]
 
 
 relu_sae_code.__doc__ += "\n    " + _DENSE_CODE_DOC + "\n"

@@ -99,7 +99,9 @@ class SAEOutput:
     """The (decoder-norm weighted) L1 norm of the code per example, (B,), when the forward pass computed it (ReLU SAE)."""
     l0: Tensor | None = None
     """The L0 of the code per example, (B,), when the forward pass computed it (JumpReLU SAE: with the
-    pseudo-gradient of ``heaviside_step`` for the thresholds)."""
+    pseudo-gradient of ``heaviside_step`` for the thresholds; ReLU SAE: counted by its sparse step)."""
+    fired: Tensor | None = None
+    """Latents non-zero on at least one example, (d_sae,) bool, when the forward pass counted them (ReLU SAE's sparse step)."""
 
     def __getattribute__(self, name: str):
         value = object.__getattribute__(self, name)
@@ -122,6 +124,8 @@ def code_l0(out) -> Tensor:
 
 def code_fired(out) -> Tensor:
     """Latents of an SAE output non-zero on at least one example of the batch, (d_sae,) bool."""
+    if getattr(out, "fired", None) is not None:  # counted by the forward pass
+        return out.fired
     if getattr(out, "indices", None) is None:  # two reads of the code (a != 0 and any() would also write a mask)
         acts = out.acts.detach()
         if acts.shape[0] == 0:

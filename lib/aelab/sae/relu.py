@@ -82,9 +82,9 @@ class ReLUSAE(SAE):
             return super().forward(x)
         x_n = self.normalize(self.check_input(x))
         W_dec = self.decoder_weight()
-        pre, acts, decoded, l1 = relu_sae_code(x_n, self.b_dec, self.W_enc, self.b_enc, W_dec, self.l1_weights(W_dec),
-                                               self.config.pre_encoder_bias, self.sparse_below)
-        return SAEOutput(recon=self.reconstruction(decoded), acts=acts, pre_acts=pre, l1=l1)
+        pre, acts, decoded, l1, l0, fired = relu_sae_code(x_n, self.b_dec, self.W_enc, self.b_enc, W_dec, self.l1_weights(W_dec),
+                                                          self.config.pre_encoder_bias, self.sparse_below, counts=True)
+        return SAEOutput(recon=self.reconstruction(decoded), acts=acts, pre_acts=pre, l1=l1, l0=l0, fired=fired)
 
     def loss(self, batch, out: SAEOutput, sparsity_scale: float = 1.0) -> Loss:
         """||x - x_hat||^2 + lambda * sum_i f_i (||W_dec,i||): summed over d_in and latents, mean over the batch.
