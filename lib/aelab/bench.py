@@ -11,9 +11,9 @@ the ratio, so the numbers compare across machines; nothing here is asserted in t
    and JumpReLU through ``aelab.fit`` in fp32 and, where ``bf16_is_fast``, bf16 autocast, vs a dense
    implementation written as tutorials write it (fp32). Each step's time is also given relative to
    one encoder matmul (4096 x 384 @ 384 x 4096) in the same precision (``--quick``: batch 1024).
-   These start from initialisation, where half of a ReLU code fires; one more ReLU row starts both
-   loops from the same weights with an L0 of about 64, the sparsity training reaches, where aelab's
-   step uses only the code's non-zeros after the encoder product.
+   These start from initialisation, where half of a ReLU or JumpReLU code fires; two more rows start
+   both loops from the same weights with an L0 of about 64, the sparsity training reaches, where
+   aelab's ReLU and JumpReLU steps use only the code's non-zeros after the encoder product.
    SAELens's TopK training step runs on the same activations when ``sae_lens`` is importable.
 3. dSprites conv VAE images/s (``aelab.fit`` vs a DataLoader loop), and activation collection
    tokens/s for SmolLM2 (the forward stopped at the hooked layer vs the full forward) when
@@ -207,8 +207,9 @@ def naive_sae_steps(kind: str, x: torch.Tensor, batch: int, steps: int, d_sae: i
     model = NaiveSAE(kind, x.shape[1], d_sae, k)
     if start is not None:
         with torch.no_grad():
-            for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-                getattr(model, name).copy_(getattr(start, name))
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"):
+                if hasattr(start, name):
+                    getattr(model, name).copy_(getattr(start, name))
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step(i):
@@ -241,17 +242,23 @@ def aelab_sae_steps(name: str | nn.Module, x: torch.Tensor, batch: int, steps: i
     return (time.perf_counter() - t) / steps
 
 
-def trained_relu_sae(x: torch.Tensor, batch: int, d_sae: int, l0: int) -> nn.Module:
-    """A ReLU SAE at the sparsity training brings its code to: initialised on ``x[:batch]``, then each
-    latent's b_enc lowered so that it fires on l0 / d_sae of those examples (an L0 of about ``l0``).
-    Deterministic, so both sides of the benchmark start from the same weights."""
+def trained_sae(kind: str, x: torch.Tensor, batch: int, d_sae: int, l0: int) -> nn.Module:
+    """A ReLU or JumpReLU SAE at the sparsity training brings its code to: initialised on ``x[:batch]``,
+    then each latent's b_enc (ReLU) or threshold (JumpReLU) set so that it fires on l0 / d_sae of
+    those examples (an L0 of about ``l0``). Deterministic, so both sides of the benchmark start from
+    the same weights."""
     aelab.seed_everything(1)
-    model = aelab.build("sae_relu", d_in=x.shape[1], d_sae=d_sae, l1_coefficient=1e-3, normalize_activations=False)
+    cfg = dict(l1_coefficient=1e-3) if kind == "relu" else {}
+    model = aelab.build(f"sae_{kind}", d_in=x.shape[1], d_sae=d_sae, normalize_activations=False, **cfg)
     model.initialize(x[:batch])
     with torch.no_grad():
         pre = model.pre_activations(x[:batch])
         above = max(1, round(batch * l0 / d_sae))  # examples on which each latent fires
-        model.b_enc -= torch.kthvalue(pre, batch - above, dim=0).values
+        quantile = torch.kthvalue(pre, batch - above, dim=0).values
+        if kind == "relu":
+            model.b_enc -= quantile
+        else:  # thresholds must stay > 0: a latent whose quantile is below 1e-3 fires a little more often
+            model.log_threshold.copy_(quantile.clamp_min(1e-3).log())
     return model
 
 
@@ -320,20 +327,22 @@ def sae_measure(quick: bool, side: str) -> list[dict]:
                                 batch / ours, f"aelab step = {ours / mm[p]:.1f} encoder matmuls ({p})"))
         out.append(_measure(f"sae-{kind}-allocator", f"ablation: the tutorial {kind} loop with aelab's CPU allocator setting {shape}",
                             "the same loop, default allocator", "tokens/s", batch / naive, ""))
-    # ReLU + L1 once training has made the code sparse: the same weights on both sides
+    # ReLU and JumpReLU once training has made the code sparse: the same weights on both sides
     l0 = 64
-    start = trained_relu_sae(x, batch, d_sae, l0)
-    key, bench_name = "sae-relu-trained-fp32", f"SAE relu training at a trained code's sparsity (L0 about {l0}), fp32 {shape}"
-    if side == "baseline":
-        naive = naive_sae_steps("relu", x, batch, steps, d_sae, k, start=start)
-        out.append(_measure(key, bench_name, "dense tutorial loop, fp32, same weights", "tokens/s", batch / naive,
-                            f"baseline step = {naive / mm['fp32']:.1f} encoder matmuls (fp32)"))
-    else:
-        with torch.no_grad():
-            measured = float((start.pre_activations(x[:batch]) > 0).sum(-1).float().mean())
-        ours = aelab_sae_steps(start, x, batch, steps, "fp32")
-        out.append(_measure(key, bench_name, "dense tutorial loop, fp32, same weights", "tokens/s", batch / ours,
-                            f"aelab step = {ours / mm['fp32']:.1f} encoder matmuls (fp32), L0 at the start {measured:.0f}"))
+    for kind in ("relu", "jumprelu"):
+        start = trained_sae(kind, x, batch, d_sae, l0)
+        key = f"sae-{kind}-trained-fp32"
+        bench_name = f"SAE {kind} training at a trained code's sparsity (L0 about {l0}), fp32 {shape}"
+        if side == "baseline":
+            naive = naive_sae_steps(kind, x, batch, steps, d_sae, k, start=start)
+            out.append(_measure(key, bench_name, "dense tutorial loop, fp32, same weights", "tokens/s", batch / naive,
+                                f"baseline step = {naive / mm['fp32']:.1f} encoder matmuls (fp32)"))
+        else:
+            with torch.no_grad():
+                measured = float((start(x[:batch]).acts != 0).sum(-1).float().mean())
+            ours = aelab_sae_steps(start, x, batch, steps, "fp32")
+            out.append(_measure(key, bench_name, "dense tutorial loop, fp32, same weights", "tokens/s", batch / ours,
+                                f"aelab step = {ours / mm['fp32']:.1f} encoder matmuls (fp32), L0 at the start {measured:.0f}"))
     if side == "baseline":  # SAELens, when importable, in the baseline's process
         lens, why = saelens_topk_steps(x, batch, steps, d_sae, k)
         out.append(_measure("sae-saelens", f"SAE topk training, fp32 {shape}", f"SAELens TopK step ({why})" if lens else "SAELens TopK step",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 import aelab
@@ -34,20 +35,22 @@ def test_naive_relu_sae_computes_the_aelab_objective():
     torch.testing.assert_close(naive.loss(x), ours.loss(x, ours(x)).total)
 
 
-def test_trained_relu_start_is_sparse_deterministic_and_shared_by_the_baseline():
+@pytest.mark.parametrize("kind", ["relu", "jumprelu"])
+def test_trained_start_is_sparse_deterministic_and_shared_by_the_baseline(kind):
     x = torch.randn(256, 16)
-    a, b = bench.trained_relu_sae(x, 128, 256, l0=8), bench.trained_relu_sae(x, 128, 256, l0=8)
+    a, b = bench.trained_sae(kind, x, 128, 256, l0=8), bench.trained_sae(kind, x, 128, 256, l0=8)
     for name, p in a.state_dict().items():
         assert torch.equal(p, b.state_dict()[name]), f"{name}: both sides must start from the same weights"
     with torch.no_grad():
-        l0 = (a.pre_activations(x[:128]) > 0).sum(-1).float().mean().item()
+        l0 = (a(x[:128]).acts != 0).sum(-1).float().mean().item()
     assert l0 == 8.0, "each latent fires on l0 / d_sae of the examples, so the mean L0 is l0"
-    naive = bench.NaiveSAE("relu", 16, 256)
-    bench.naive_sae_steps("relu", x, 128, 1, 256, 4, start=a)  # runs from the shared start
-    with torch.no_grad():
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-            getattr(naive, name).copy_(getattr(a, name))
-    torch.testing.assert_close(naive.loss(x[:128]), a.loss(x[:128], a(x[:128])).total)
+    bench.naive_sae_steps(kind, x, 128, 1, 256, 4, start=a)  # runs from the shared start
+    if kind == "relu":  # the same objective from the same weights (the tutorial JumpReLU has its own L0 weight)
+        naive = bench.NaiveSAE("relu", 16, 256)
+        with torch.no_grad():
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+                getattr(naive, name).copy_(getattr(a, name))
+        torch.testing.assert_close(naive.loss(x[:128]), a.loss(x[:128], a(x[:128])).total)
 
 
 def test_table_and_json(tmp_path, monkeypatch, capsys):

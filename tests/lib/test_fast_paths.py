@@ -233,13 +233,25 @@ def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre, weighted, pa
 
 @pytest.mark.parametrize("pre_bias", [True, False])
 @pytest.mark.parametrize("use_pre", [False, True])
-def test_jumprelu_sae_code_matches_autograd(float64, pre_bias, use_pre):
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_jumprelu_sae_code_matches_autograd(float64, pre_bias, use_pre, path, monkeypatch):
+    sparse_steps = []
+    nonzeros = sparsity._Code.nonzeros
+    monkeypatch.setattr(sparsity._Code, "nonzeros", classmethod(lambda cls, acts: sparse_steps.append(1) or nonzeros(acts)))
     eps = 0.3
     x, b_dec = torch.randn(9, 6), torch.randn(6)
     W_enc, b_enc, W_dec, theta = torch.randn(6, 40), torch.randn(40), torch.randn(40, 6), torch.rand(40) + 0.05
+    if path == "sparse":  # thresholds high enough for a code about 10% non-zero, with entries in the window
+        theta = theta + 2.5
     leaves = [t.clone().requires_grad_() for t in (x, b_dec, W_enc, b_enc, W_dec, theta)]
     ref_leaves = [t.clone().requires_grad_() for t in (x, b_dec, W_enc, b_enc, W_dec, theta)]
-    pre, acts, decoded, l0 = jumprelu_sae_code(*leaves, eps, pre_encoder_bias=pre_bias)
+    below = 0.0 if path == "dense" else 0.25
+    pre, acts, decoded, l0 = jumprelu_sae_code(*leaves, eps, pre_encoder_bias=pre_bias, sparse_below=below)
+    density = (acts != 0).double().mean().item()
+    assert (0 < density < 0.25) if path == "sparse" else density > 0.25, density
+    assert len(sparse_steps) == (path == "sparse"), "the step took the path under test"
+    fired = jumprelu_sae_code(*leaves, eps, pre_encoder_bias=pre_bias, sparse_below=below, counts=True)[-1]
+    assert fired is None if path == "dense" else torch.equal(fired, (acts != 0).any(0))
     rx, rb_dec, rW_enc, rb_enc, rW_dec, rtheta = ref_leaves
     rpre = torch.addmm(rb_enc, rx - rb_dec if pre_bias else rx, rW_enc)
     racts = jumprelu(rpre, rtheta, eps)
@@ -261,14 +273,23 @@ def test_jumprelu_sae_code_matches_autograd(float64, pre_bias, use_pre):
         jumprelu_sae_code(x, b_dec, W_enc, b_enc, W_dec, theta, 0.0)
 
 
-def test_jumprelu_sae_fused_kernel_trains_like_autograd():
+@pytest.mark.parametrize("start", ["dense", "sparse"])
+def test_jumprelu_sae_fused_kernel_trains_like_autograd(start, monkeypatch):
     torch.manual_seed(0)
     model = aelab.build("sae_jumprelu", d_in=16, d_sae=96, l0_coefficient=0.05, bandwidth=0.05, init_threshold=0.05,
                         sparsity_warmup_steps=2, normalize_activations=True)
+    x = torch.randn(64, 16)
+    if start == "sparse":  # thresholds at each latent's 97th percentile: a code about 3% non-zero, the sparse step
+        model.initialize(x)
+        with torch.no_grad():
+            model.log_threshold.copy_(torch.kthvalue(model.pre_activations(model.normalize(x)), 62, dim=0).values.clamp_min(0.05).log())
+    sparse_steps = []
+    nonzeros = sparsity._Code.nonzeros
+    monkeypatch.setattr(sparsity._Code, "nonzeros", classmethod(lambda cls, acts: sparse_steps.append(1) or nonzeros(acts)))
     plain, fused = copy.deepcopy(model), copy.deepcopy(model)
     plain.fused_kernel = False
-    x = torch.randn(64, 16)
     hist = [aelab.fit(m, x, max_steps=6, batch_size=32, shuffle=False, device="cpu", progress=False, log_every=1) for m in (plain, fused)]
+    assert (len(sparse_steps) >= 5) if start == "sparse" else not sparse_steps, len(sparse_steps)
     for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
     assert not torch.equal(model.log_threshold, fused.log_threshold), "the thresholds moved"

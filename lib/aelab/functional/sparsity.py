@@ -268,28 +268,41 @@ class _Code:
         bits = acts.view(_SAME_SIZE_INT[acts.element_size()]).view(-1)
         flat = bits.nonzero().squeeze(1)
         examples = torch.div(flat, d_sae, rounding_mode="floor")
-        offsets = torch.zeros(B, dtype=torch.long, device=acts.device)
-        torch.cumsum(torch.bincount(examples, minlength=B)[:-1], 0, out=offsets[1:])
-        return cls(examples, flat - examples * d_sae, acts.view(-1).take(flat), offsets, flat)
+        return cls(examples, flat - examples * d_sae, acts.view(-1).take(flat), _example_offsets(examples, B), flat)
 
 
 _SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _takes_sparse_path(pre: Tensor, W_enc: Tensor, sparse_below: float) -> bool:
-    """Whether the ReLU code of ``pre`` is sparse enough for the sparse step: on a CPU, outside autocast,
-    with at most ``sparse_below`` of it non-zero on a sample of up to 256 rows."""
+def _takes_sparse_path(pre: Tensor, W_enc: Tensor, sparse_below: float, threshold: Tensor | None = None) -> bool:
+    """Whether the code of ``pre`` (ReLU, or JumpReLU at ``threshold``) is sparse enough for the sparse
+    step: on a CPU, outside autocast, with at most ``sparse_below`` of it non-zero on a sample of up to 256 rows."""
     if sparse_below <= 0 or pre.device.type != "cpu" or pre.dtype != W_enc.dtype or pre.dim() != 2 or pre.numel() == 0:
         return False
     sample = pre[:: max(1, pre.shape[0] // 256)]
-    return float(torch.count_nonzero(torch.relu(sample))) <= sparse_below * sample.numel()
+    fires = torch.relu(sample) if threshold is None else sample > threshold
+    return float(torch.count_nonzero(fires)) <= sparse_below * sample.numel()
 
 
-def _sparse_relu_backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty):
-    """The ReLU SAE's backward from the E non-zeros of its code: per-entry gradients, CSR products for
-    W_enc and W_dec, index sums for b_enc and the L1 weights; the dense fallback only for ``grad_pre``."""
-    x_in, W_enc, W_dec, _, aux, _, _ = ctx.saved_tensors
+def _example_offsets(examples: Tensor, B: int) -> Tensor:
+    """Where each example's run starts in row-major entries (B,): the offsets of its embedding bag."""
+    offsets = torch.zeros(B, dtype=torch.long, device=examples.device)
+    torch.cumsum(torch.bincount(examples, minlength=B)[:-1], 0, out=offsets[1:])
+    return offsets
+
+
+def _sparse_code_backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty):
+    """The backward from the E non-zeros of a ReLU or JumpReLU code: per-entry gradients, CSR products
+    for W_enc and W_dec, index sums for b_enc, the L1 weights and the thresholds (these over the
+    entries in the kernel window); the dense fallback only for ``grad_pre``."""
+    x_in, W_enc, W_dec, threshold, aux, pre, _ = ctx.saved_tensors
     code: _Code = ctx.code
+    grad_threshold = None
+    if threshold is not None:
+        aux = None  # the bandwidth is ctx.bandwidth; the penalty (the L0) reaches only the thresholds
+        if ctx.needs_input_grad[5]:
+            grad_threshold = _window_threshold_grad(pre, threshold, ctx.bandwidth, grad_acts, grad_decoded, grad_penalty, W_dec)
+        grad_penalty = None
     B, d_sae = x_in.shape[0], W_enc.shape[1]
     dt = torch.promote_types(W_enc.dtype, torch.float32)
     g = torch.zeros_like(code.values, dtype=dt)
@@ -306,7 +319,7 @@ def _sparse_relu_backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty):
         g += per_entry if aux is None else per_entry * aux.to(dt)[code.latents]
         if aux is not None and ctx.needs_input_grad[6]:
             grad_aux = torch.zeros(d_sae, dtype=dt, device=g.device).index_add_(0, code.latents, code.values.to(dt) * per_entry)
-    g = torch.where(code.values > 0, g, 0)  # the ReLU's own mask (a -0.0 entry)
+    g = torch.where(code.values > 0, g, 0)  # the ReLU's own mask (a -0.0 entry; JumpReLU codes are > theta > 0)
     if grad_pre is not None:  # something read the dense pre-activations: one dense backward
         dense = grad_pre.to(dt).clone()
         dense.view(-1).index_add_(0, code.flat, g)
@@ -322,7 +335,29 @@ def _sparse_relu_backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty):
         grad_b_enc = torch.zeros(d_sae, dtype=dt, device=g.device).index_add_(0, code.latents, g)
     grad_b_dec = -(grad_b_enc @ W_enc.to(dt).T) if ctx.pre_bias and ctx.needs_input_grad[1] else None
     return (_cast(grad_x, x_in), _cast(grad_b_dec, W_enc), _cast(grad_W_enc, W_enc), _cast(grad_b_enc, W_enc),
-            _cast(grad_W_dec, W_dec), None, _cast(grad_aux, aux), None, None)
+            _cast(grad_W_dec, W_dec), _cast(grad_threshold, threshold), _cast(grad_aux, aux), None, None)
+
+
+def _window_threshold_grad(pre, threshold, eps, grad_acts, grad_decoded, grad_penalty, W_dec) -> Tensor:
+    """The thresholds' pseudo-gradient over the entries with |pre - theta| < eps / 2 (the rectangle
+    kernel's support), found once: -(theta / eps) sum_b g_bj - (1 / eps) sum_b grad_penalty_b over them,
+    with g the code's gradient there (jumprelu) and grad_penalty the L0's (heaviside_step)."""
+    B, d_sae = pre.shape
+    acc = torch.promote_types(threshold.dtype, torch.float32)
+    flat = _in_window(pre, threshold, eps).view(-1).nonzero().squeeze(1)
+    examples = torch.div(flat, d_sae, rounding_mode="floor")
+    latents = flat - examples * d_sae
+    per_entry = torch.zeros(flat.shape, dtype=acc, device=pre.device)
+    if grad_decoded is not None or grad_acts is not None:
+        g = torch.zeros_like(per_entry)
+        if grad_decoded is not None:
+            g += _bag_weight_grad(grad_decoded, W_dec, latents, _example_offsets(examples, B), examples)
+        if grad_acts is not None:
+            g += grad_acts.reshape(-1).take(flat)
+        per_entry += (threshold.to(acc)[latents] / eps) * g
+    if grad_penalty is not None:
+        per_entry += grad_penalty.to(acc)[examples] / eps
+    return -torch.zeros(d_sae, dtype=acc, device=pre.device).index_add_(0, latents, per_entry)
 
 
 class _DenseSAECode(torch.autograd.Function):
@@ -340,19 +375,25 @@ class _DenseSAECode(torch.autograd.Function):
         ctx.pre_bias = pre_bias
         ctx.set_materialize_grads(False)
         ctx.code = None
-        if threshold is None and _takes_sparse_path(pre, W_enc, sparse_below):
-            acts = torch.relu(pre)
+        if _takes_sparse_path(pre, W_enc, sparse_below, threshold):
+            acts = torch.relu(pre) if threshold is None else torch.where(pre > threshold, pre, 0)
             code = ctx.code = _Code.nonzeros(acts)
             decoded = torch.nn.functional.embedding_bag(code.latents, W_dec.to(acts.dtype), code.offsets,
                                                         per_sample_weights=code.values, mode="sum")
-            weighted = code.values if aux is None else code.values * aux.to(acts.dtype)[code.latents]
-            penalty = acts.new_zeros(acts.shape[0]).index_add_(0, code.examples, weighted)
             on = code.values > 0  # (a -0.0 entry is no firing)
-            l0 = torch.zeros(acts.shape[0], dtype=torch.float32, device=acts.device).index_add_(0, code.examples, on.float())
+            l0 = torch.zeros(acts.shape[0], dtype=torch.promote_types(pre.dtype, torch.float32),
+                             device=acts.device).index_add_(0, code.examples, on.to(pre.dtype))
             fired = torch.bincount(code.latents[on], minlength=acts.shape[1]) > 0
-            ctx.mark_non_differentiable(l0, fired)
-            ctx.save_for_backward(x_in, W_enc, W_dec, None, aux, None, None)
-            return pre, acts, decoded, penalty, l0, fired
+            if threshold is None:
+                weighted = code.values if aux is None else code.values * aux.to(acts.dtype)[code.latents]
+                penalty = acts.new_zeros(acts.shape[0]).index_add_(0, code.examples, weighted)
+                ctx.save_for_backward(x_in, W_enc, W_dec, None, aux, None, None)
+                ctx.mark_non_differentiable(l0, fired)
+                return pre, acts, decoded, penalty, l0, fired
+            ctx.save_for_backward(x_in, W_enc, W_dec, threshold, None, pre, None)
+            ctx.bandwidth = aux
+            ctx.mark_non_differentiable(fired)
+            return pre, acts, decoded, l0, None, fired  # the L0 is the penalty (with its gradient for theta)
         if threshold is None:
             acts = torch.relu(pre)
             # acts >= 0, so sum_i |f_i| w_i is a matrix-vector product (a row sum without weights)
@@ -372,7 +413,7 @@ class _DenseSAECode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty, _l0=None, _fired=None):
         if ctx.code is not None:
-            return _sparse_relu_backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty)
+            return _sparse_code_backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty)
         x_in, W_enc, W_dec, threshold, aux, pre, acts = ctx.saved_tensors
         if threshold is not None:
             aux = ctx.bandwidth
@@ -445,17 +486,24 @@ def relu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_de
 
 
 def jumprelu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, threshold: Tensor,
-                      bandwidth: float, pre_encoder_bias: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                      bandwidth: float, pre_encoder_bias: bool = False, sparse_below: float = 0.05,
+                      counts: bool = False) -> tuple:
     """The JumpReLU SAE's forward pass in one function: (pre, acts, acts W_dec, L0 per example).
 
     pre as in ``relu_sae_code``, acts = ``jumprelu(pre, threshold, bandwidth)`` and l0 =
     ``heaviside_step(pre, threshold, bandwidth).sum(-1)`` (B,), with the same straight-through
     pseudo-derivatives for ``threshold`` (d_sae,), which must be > 0. The rectangle-kernel window
     is computed once for both.
+
+    Sparse step as in ``relu_sae_code`` (``sparse_below``): the non-zeros drive the decoder product
+    and the weight gradients, and the thresholds' pseudo-gradient is summed over the entries in the
+    kernel window only. ``counts``: also return the latents that fired (d_sae,) bool, counted from the
+    non-zeros when the sparse step ran, else None.
     """
     if bandwidth <= 0:
         raise ValueError(f"the kernel bandwidth epsilon must be > 0, got {bandwidth}")
-    return _DenseSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, threshold, float(bandwidth), pre_encoder_bias, 0.0)[:4]
+    out = _DenseSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, threshold, float(bandwidth), pre_encoder_bias, sparse_below)
+    return (*out[:4], out[5]) if counts else out[:4]
 
 
 relu_sae_code.__doc__ += "\n    " + _DENSE_CODE_DOC + "\n"

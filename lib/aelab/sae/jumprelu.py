@@ -64,6 +64,11 @@ class JumpReLUSAE(SAE):
     hand-written backward, which also returns the L0 penalty); False: the plain ``SAE.forward`` and
     ``heaviside_step`` in the loss, with autograd. Same numbers either way."""
 
+    sparse_below: float = 0.05
+    """With the fused kernel on a CPU in fp32 / fp64: once at most this fraction of the code is non-zero
+    (as after some training), steps use only its non-zeros after the encoder product and the kernel
+    window's entries for the thresholds (see ``jumprelu_sae_code``). 0 turns it off. Same numbers either way."""
+
     def activation(self, pre: Tensor) -> Tensor:
         return jumprelu(pre, self.threshold, self.config.bandwidth)
 
@@ -71,9 +76,10 @@ class JumpReLUSAE(SAE):
         if not self.fused_kernel:
             return super().forward(x)
         x_n = self.normalize(self.check_input(x))
-        pre, acts, decoded, l0 = jumprelu_sae_code(x_n, self.b_dec, self.W_enc, self.b_enc, self.decoder_weight(),
-                                                   self.threshold, self.config.bandwidth, self.config.pre_encoder_bias)
-        return SAEOutput(recon=self.reconstruction(decoded), acts=acts, pre_acts=pre, l0=l0)
+        pre, acts, decoded, l0, fired = jumprelu_sae_code(x_n, self.b_dec, self.W_enc, self.b_enc, self.decoder_weight(),
+                                                          self.threshold, self.config.bandwidth, self.config.pre_encoder_bias,
+                                                          self.sparse_below, counts=True)
+        return SAEOutput(recon=self.reconstruction(decoded), acts=acts, pre_acts=pre, l0=l0, fired=fired)
 
     def loss(self, batch, out: SAEOutput, sparsity_scale: float = 1.0) -> Loss:
         """||x - x_hat||^2 + lambda sum_i H(pre_i - theta_i): summed over d_in and latents, mean over the batch.
