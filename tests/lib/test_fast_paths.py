@@ -174,6 +174,24 @@ def test_scaled_squared_error_matches_squared_error_of_the_scaled_tensors(float6
         scaled_squared_error(x, recon[:, :3], s)
 
 
+@pytest.fixture
+def sparse_steps(monkeypatch):
+    """Counts the sparse ReLU / JumpReLU steps taken, with the size floor lifted for these small shapes."""
+    steps = []
+    nonzeros = sparsity._Code.nonzeros
+    monkeypatch.setattr(sparsity._Code, "nonzeros", classmethod(lambda cls, acts: steps.append(1) or nonzeros(acts)))
+    monkeypatch.setattr(sparsity, "SPARSE_STEP_MIN_PRODUCT", 0)
+    return steps
+
+
+def test_sparse_step_is_kept_for_products_where_it_pays():
+    x, b_dec, W_enc, b_enc, W_dec = torch.randn(64, 8), torch.zeros(8), torch.randn(8, 32), torch.full((32,), -5.0), torch.randn(32, 8)
+    assert sparsity._takes_sparse_path(torch.addmm(b_enc, x, W_enc), W_enc, 0.5) is False, "64 x 8 x 32 is below the floor"
+    pre = torch.addmm(b_enc, x, W_enc).repeat(1024, 1)  # the same sparse code, 65536 x 8 x 32 = 2^24
+    assert sparsity._takes_sparse_path(pre, W_enc, 0.5) and not sparsity._takes_sparse_path(pre, W_enc, 0.0)
+    assert not sparsity._takes_sparse_path(pre + 10.0, W_enc, 0.5), "a dense code takes the dense step"
+
+
 def test_code_nonzeros_lists_entries_in_row_order():
     acts = torch.tensor([[0.0, 2.0, 0.0, 1.5], [0.0, 0.0, 0.0, 0.0], [-0.0, 0.0, 3.0, 0.0]])
     code = sparsity._Code.nonzeros(acts)
@@ -187,10 +205,7 @@ def test_code_nonzeros_lists_entries_in_row_order():
 @pytest.mark.parametrize("use_pre", [False, True])
 @pytest.mark.parametrize("weighted", [True, False])
 @pytest.mark.parametrize("path", ["dense", "sparse"])
-def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre, weighted, path, monkeypatch):
-    sparse_steps = []
-    nonzeros = sparsity._Code.nonzeros
-    monkeypatch.setattr(sparsity._Code, "nonzeros", classmethod(lambda cls, acts: sparse_steps.append(1) or nonzeros(acts)))
+def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre, weighted, path, sparse_steps):
     x, b_dec = torch.randn(9, 6), torch.randn(6)
     W_enc, b_enc, W_dec = torch.randn(6, 40), torch.randn(40), torch.randn(40, 6)
     if path == "sparse":  # about 10% of the code non-zero, and one example with none
@@ -234,10 +249,7 @@ def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre, weighted, pa
 @pytest.mark.parametrize("pre_bias", [True, False])
 @pytest.mark.parametrize("use_pre", [False, True])
 @pytest.mark.parametrize("path", ["dense", "sparse"])
-def test_jumprelu_sae_code_matches_autograd(float64, pre_bias, use_pre, path, monkeypatch):
-    sparse_steps = []
-    nonzeros = sparsity._Code.nonzeros
-    monkeypatch.setattr(sparsity._Code, "nonzeros", classmethod(lambda cls, acts: sparse_steps.append(1) or nonzeros(acts)))
+def test_jumprelu_sae_code_matches_autograd(float64, pre_bias, use_pre, path, sparse_steps):
     eps = 0.3
     x, b_dec = torch.randn(9, 6), torch.randn(6)
     W_enc, b_enc, W_dec, theta = torch.randn(6, 40), torch.randn(40), torch.randn(40, 6), torch.rand(40) + 0.05
@@ -274,7 +286,7 @@ def test_jumprelu_sae_code_matches_autograd(float64, pre_bias, use_pre, path, mo
 
 
 @pytest.mark.parametrize("start", ["dense", "sparse"])
-def test_jumprelu_sae_fused_kernel_trains_like_autograd(start, monkeypatch):
+def test_jumprelu_sae_fused_kernel_trains_like_autograd(start, sparse_steps):
     torch.manual_seed(0)
     model = aelab.build("sae_jumprelu", d_in=16, d_sae=96, l0_coefficient=0.05, bandwidth=0.05, init_threshold=0.05,
                         sparsity_warmup_steps=2, normalize_activations=True)
@@ -283,9 +295,6 @@ def test_jumprelu_sae_fused_kernel_trains_like_autograd(start, monkeypatch):
         model.initialize(x)
         with torch.no_grad():
             model.log_threshold.copy_(torch.kthvalue(model.pre_activations(model.normalize(x)), 62, dim=0).values.clamp_min(0.05).log())
-    sparse_steps = []
-    nonzeros = sparsity._Code.nonzeros
-    monkeypatch.setattr(sparsity._Code, "nonzeros", classmethod(lambda cls, acts: sparse_steps.append(1) or nonzeros(acts)))
     plain, fused = copy.deepcopy(model), copy.deepcopy(model)
     plain.fused_kernel = False
     hist = [aelab.fit(m, x, max_steps=6, batch_size=32, shuffle=False, device="cpu", progress=False, log_every=1) for m in (plain, fused)]
@@ -303,7 +312,7 @@ def test_jumprelu_sae_fused_kernel_trains_like_autograd(start, monkeypatch):
 @pytest.mark.parametrize("cfg", [dict(), dict(unit_norm_decoder=False, decoder_norm_l1=True, normalize_activations=True),
                                  dict(pre_encoder_bias=False, resample_every=2, dead_steps=1)])
 @pytest.mark.parametrize("start", ["dense", "sparse"])
-def test_relu_sae_fused_kernel_trains_like_autograd(cfg, start, monkeypatch):
+def test_relu_sae_fused_kernel_trains_like_autograd(cfg, start, sparse_steps):
     torch.manual_seed(0)
     model = aelab.build("sae_relu", d_in=16, d_sae=96, l1_coefficient=0.05, sparsity_warmup_steps=2, **cfg)
     x = torch.randn(64, 16)
@@ -311,9 +320,6 @@ def test_relu_sae_fused_kernel_trains_like_autograd(cfg, start, monkeypatch):
         model.initialize(x)
         with torch.no_grad():
             model.b_enc -= torch.kthvalue(model.pre_activations(model.normalize(x)), 62, dim=0).values
-    sparse_steps = []
-    nonzeros = sparsity._Code.nonzeros
-    monkeypatch.setattr(sparsity._Code, "nonzeros", classmethod(lambda cls, acts: sparse_steps.append(1) or nonzeros(acts)))
     plain, fused = copy.deepcopy(model), copy.deepcopy(model)
     plain.fused_kernel = False
     for m in (plain, fused):

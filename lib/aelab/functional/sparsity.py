@@ -274,10 +274,18 @@ class _Code:
 _SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+SPARSE_STEP_MIN_PRODUCT = 1 << 24
+"""The sparse ReLU / JumpReLU step runs only where B d_in d_sae is at least this: below it (e.g.
+512 x 32 x 256) the dense products take well under a millisecond and listing the non-zeros costs more."""
+
+
 def _takes_sparse_path(pre: Tensor, W_enc: Tensor, sparse_below: float, threshold: Tensor | None = None) -> bool:
     """Whether the code of ``pre`` (ReLU, or JumpReLU at ``threshold``) is sparse enough for the sparse
-    step: on a CPU, outside autocast, with at most ``sparse_below`` of it non-zero on a sample of up to 256 rows."""
+    step: on a CPU, outside autocast, for a product of at least ``SPARSE_STEP_MIN_PRODUCT``
+    multiply-adds, with at most ``sparse_below`` of it non-zero on a sample of up to 256 rows."""
     if sparse_below <= 0 or pre.device.type != "cpu" or pre.dtype != W_enc.dtype or pre.dim() != 2 or pre.numel() == 0:
+        return False
+    if pre.numel() * W_enc.shape[0] < SPARSE_STEP_MIN_PRODUCT:
         return False
     sample = pre[:: max(1, pre.shape[0] // 256)]
     fires = torch.relu(sample) if threshold is None else sample > threshold
@@ -471,8 +479,9 @@ def relu_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_de
     gradient joins the code's as the broadcast input of its product (no weights) or as an in-place
     rank-one update.
 
-    Sparse step: on a CPU outside autocast, when at most ``sparse_below`` of the code is non-zero
-    (estimated on up to 256 rows; 0 turns it off), as once training has made the code sparse, only the
+    Sparse step: on a CPU outside autocast, for B d_in d_sae of at least ``SPARSE_STEP_MIN_PRODUCT``
+    (2^24), when at most ``sparse_below`` of the code is non-zero (estimated on up to 256 rows; 0 turns
+    it off), as once training has made the code sparse, only the
     E non-zeros are used after the encoder product: the decoder product is an embedding bag and the
     gradients of W_dec and W_enc are sparse-dense products, E d_in multiply-adds each instead of
     B d_sae d_in. Same values and gradients.
