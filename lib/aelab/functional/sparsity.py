@@ -56,39 +56,63 @@ def _row_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return values, groups.gather(1, pos % k) + G * torch.div(pos, k, rounding_mode="floor")
 
 
-def _bags(indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """A (B, k) code's entries as embedding bags: flat latent ids (B k,), bag offsets (B,), the bag of each entry."""
-    B, k = indices.shape
-    return (indices.flatten(), torch.arange(0, B * k, k, device=indices.device),
-            torch.arange(B, device=indices.device).repeat_interleave(k))
+class _Code:
+    """The entries of a sparse (B, d_sae) code in row-major order: their flat positions b d_sae + j (E,),
+    each one's example b and latent j, its value (or None), and the offsets (B,) where each example's
+    run starts (the bags of an embedding bag). ``by_latent()`` groups them by latent, sorted once."""
+
+    def __init__(self, flat: Tensor, d_sae: int, B: int, values: Tensor | None = None,
+                 examples: Tensor | None = None, offsets: Tensor | None = None):
+        self.flat, self.values, self.d_sae, self.B = flat, values, d_sae, B
+        self.examples = torch.div(flat, d_sae, rounding_mode="floor") if examples is None else examples
+        self.latents = flat - self.examples * d_sae
+        if offsets is None:
+            offsets = torch.zeros(B, dtype=torch.long, device=flat.device)
+            torch.cumsum(torch.bincount(self.examples, minlength=B)[:-1], 0, out=offsets[1:])
+        self.offsets = offsets
+        self._by_latent = None
+
+    @classmethod
+    def nonzeros(cls, acts: Tensor) -> _Code:
+        """The non-zeros of ``acts`` (B, d_sae). nonzero runs over the bits as integers: about half the
+        time of a bool mask and its nonzero. A -0.0 counts as an entry; it adds 0 to every sum, and the
+        backward masks it (value > 0) like the ReLU's."""
+        B, d_sae = acts.shape
+        flat = acts.view(_SAME_SIZE_INT[acts.element_size()]).view(-1).nonzero().squeeze(1)
+        return cls(flat, d_sae, B, acts.view(-1).take(flat))
+
+    @classmethod
+    def top_k(cls, indices: Tensor, d_sae: int) -> _Code:
+        """The k entries per example of a top-k code, from its indices (B, k)."""
+        B, k = indices.shape
+        examples = torch.arange(B, device=indices.device).repeat_interleave(k)
+        return cls(examples * d_sae + indices.flatten(), d_sae, B, examples=examples,
+                   offsets=torch.arange(0, B * k, k, device=indices.device))
+
+    def by_latent(self) -> _ByLatent:
+        if self._by_latent is None:
+            self._by_latent = _ByLatent(self)
+        return self._by_latent
 
 
-def _bag_weight_grad(grad: Tensor, W: Tensor, latents: Tensor, offsets: Tensor, bag: Tensor) -> Tensor:
-    """grad[bag[e]] . W[latents[e]] for every entry e: (B, d), (n, d), (E,) -> (E,), in W's dtype.
-
-    The gradient of an embedding bag's per-sample weights (bags given by ``offsets``, and ``bag`` the
-    bag of each entry), by the kernel torch's own backward calls: no (E, d) gather, no second forward.
-    """
-    return torch.ops.aten._embedding_bag_per_sample_weights_backward(
-        grad.to(W.dtype).contiguous(), W, latents, offsets, bag, 0)
+_SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 class _ByLatent:
     """The entries of a sparse code grouped by latent: a (d_sae, B) sparse matrix in CSR form, sorted once.
 
-    ``latents`` and ``examples`` (E,) give each non-zero's latent and example. ``sum(weights, dense)`` is
-    sum over the entries e with latents[e] = j of weights[e] dense[examples[e]], (d_sae, d): the
-    gradient of W_dec (weights the code, dense the reconstruction's gradient) or of W_enc^T (weights
-    the code's gradient, dense the encoder input). One CSR product each, E d multiply-adds instead
-    of the B d_sae d of a dense product; the sort is shared by both.
+    ``sum(weights, dense)`` is sum over the entries e with latent j of weights[e] dense[example of e],
+    (d_sae, d): the gradient of W_dec (weights the code, dense the reconstruction's gradient) or of
+    W_enc^T (weights the code's gradient, dense the encoder input). One CSR product each, E d
+    multiply-adds instead of the B d_sae d of a dense product; the sort is shared by both.
     """
 
-    def __init__(self, latents: Tensor, examples: Tensor, d_sae: int, B: int):
-        self.B, self.d_sae = B, d_sae
-        self.order = torch.argsort(latents, stable=True)
-        self.rows = examples[self.order]
-        self.crow = torch.zeros(d_sae + 1, dtype=torch.long, device=latents.device)
-        torch.cumsum(torch.bincount(latents, minlength=d_sae), 0, out=self.crow[1:])
+    def __init__(self, code: _Code):
+        self.B, self.d_sae = code.B, code.d_sae
+        self.order = torch.argsort(code.latents, stable=True)
+        self.rows = code.examples[self.order]
+        self.crow = torch.zeros(code.d_sae + 1, dtype=torch.long, device=code.latents.device)
+        torch.cumsum(torch.bincount(code.latents, minlength=code.d_sae), 0, out=self.crow[1:])
 
     def sum(self, weights: Tensor, dense: Tensor) -> Tensor:
         values = weights.flatten()[self.order].to(dense.dtype)
@@ -98,29 +122,40 @@ class _ByLatent:
         return A @ dense.contiguous()
 
 
-def _topk_encoder_grads(ctx_needs, x_in: Tensor, W: Tensor, indices: Tensor, g: Tensor, grad_pre: Tensor | None,
-                        latents: _ByLatent | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of (x_in, W, b) for pre = x_in W + b when the loss reads pre only at the kept entries.
+def _bag_weight_grad(grad: Tensor, W: Tensor, code: _Code) -> Tensor:
+    """grad[b] . W[j] for every entry (b, j) of the code: (B, d), (n, d) -> (E,), in W's dtype.
 
-    g (B, k) is the gradient at those entries, in the accumulation dtype. With ``grad_pre`` (something,
-    the AuxK loss, read the dense pre-activations) one dense backward; else the sparse one: a CSR
-    product for W, an embedding bag for x_in, an index sum for b.
+    The gradient of an embedding bag's per-sample weights, by the kernel torch's own backward calls:
+    no (E, d) gather, no second forward pass.
     """
-    need_x, need_W, need_b = ctx_needs
-    dt, d_sae = g.dtype, W.shape[1]
-    grad_x = grad_W = grad_b = None
+    return torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        grad.to(W.dtype).contiguous(), W, code.latents, code.offsets, code.examples, 0)
+
+
+def _encoder_grads(needs, x_in: Tensor, W: Tensor, code: _Code, g: Tensor,
+                   grad_pre: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of (x_in, W, b) for pre = x_in W + b when the loss reads pre at the code's entries.
+
+    g (E,) is the gradient at those entries, in the accumulation dtype; ``needs`` says which of the
+    three to make. With ``grad_pre`` (something, e.g. the AuxK loss, read the dense pre-activations)
+    one dense backward; else the sparse one: an embedding bag for x_in, a CSR product for W, an
+    index sum for b.
+    """
+    need_x, need_W, need_b = needs
+    dt = g.dtype
     if grad_pre is not None:
-        dense = grad_pre.to(dt).scatter_add(-1, indices, g)
-        grad_x = dense @ W.to(dt).T if need_x else None
-        grad_W = x_in.to(dt).T @ dense if need_W else None
-        grad_b = dense.sum(0) if need_b else None
-        return grad_x, grad_W, grad_b
-    if need_x:  # grad_x[b] = sum_s g[b, s] W[:, idx[b, s]]
-        grad_x = torch.nn.functional.embedding_bag(indices, W.to(dt).T.contiguous(), per_sample_weights=g, mode="sum")
-    if need_W:  # grad_W[:, j] = sum over (b, s) with idx[b, s] = j of g[b, s] x[b]
-        grad_W = (latents or _ByLatent(indices.flatten(), _bags(indices)[2], d_sae, g.shape[0])).sum(g, x_in.to(dt)).T
+        dense = grad_pre.to(dt, copy=True)
+        dense.view(-1).index_add_(0, code.flat, g)
+        return (dense @ W.to(dt).T if need_x else None, x_in.to(dt).T @ dense if need_W else None,
+                dense.sum(0) if need_b else None)
+    grad_x = grad_W = grad_b = None
+    if need_x:  # grad_x[b] = sum over b's entries (b, j) of g W[:, j]
+        grad_x = torch.nn.functional.embedding_bag(code.latents, W.to(dt).T.contiguous(), code.offsets,
+                                                   per_sample_weights=g, mode="sum")
+    if need_W:  # grad_W[:, j] = sum over the entries (b, j) of g x[b]
+        grad_W = code.by_latent().sum(g, x_in.to(dt)).T
     if need_b:
-        grad_b = torch.zeros(d_sae, dtype=dt, device=g.device).index_add_(0, indices.flatten(), g.flatten())
+        grad_b = torch.zeros(code.d_sae, dtype=dt, device=g.device).index_add_(0, code.latents, g)
     return grad_x, grad_W, grad_b
 
 
@@ -145,7 +180,8 @@ class _TopKEncode(torch.autograd.Function):
         x, W, indices = ctx.saved_tensors
         dt = torch.promote_types(W.dtype, torch.float32)  # bf16 / fp16 gradients accumulate in fp32
         g = grad_values.to(dt) if grad_values is not None else torch.zeros(indices.shape, dtype=dt, device=x.device)
-        grad_x, grad_W, grad_b = _topk_encoder_grads(ctx.needs_input_grad[:3], x, W, indices, g, grad_pre)
+        grad_x, grad_W, grad_b = _encoder_grads(ctx.needs_input_grad[:3], x, W, _Code.top_k(indices, W.shape[1]),
+                                                g.flatten(), grad_pre)
         return _cast(grad_x, x), _cast(grad_W, W), _cast(grad_b, W), None
 
 
@@ -175,11 +211,11 @@ class _SparseDecode(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         values, indices, W = ctx.saved_tensors
         grad_values = grad_W = None
-        latents, offsets, bag = _bags(indices)
+        code = _Code.top_k(indices, W.shape[0])
         if ctx.needs_input_grad[0]:  # grad_values[b, s] = grad[b] . W[idx[b, s]]
-            grad_values = _bag_weight_grad(grad, W, latents, offsets, bag).view(indices.shape).to(values.dtype)
+            grad_values = _bag_weight_grad(grad, W, code).view(indices.shape).to(values.dtype)
         if ctx.needs_input_grad[2]:  # grad_W[j] = sum over (b, s) with idx[b, s] = j of values[b, s] grad[b]
-            grad_W = _ByLatent(latents, bag, W.shape[0], indices.shape[0]).sum(values, grad.to(W.dtype))
+            grad_W = code.by_latent().sum(values, grad.to(W.dtype))
         return grad_values, None, grad_W
 
 
@@ -215,20 +251,19 @@ class _TopKSAECode(torch.autograd.Function):
     def backward(ctx, grad_pre, grad_values, _, grad_decoded):
         x_in, W_enc, W_dec, indices, values = ctx.saved_tensors
         dt = torch.promote_types(W_enc.dtype, torch.float32)  # sums over the batch accumulate in fp32 (fp64 for fp64)
-        flat, offsets, bag = _bags(indices)
-        latents = _ByLatent(flat, bag, W_enc.shape[1], indices.shape[0])  # sorted once for both weight gradients
+        code = _Code.top_k(indices, W_enc.shape[1])  # its by_latent() sort serves both weight gradients
         g = torch.zeros(indices.shape, dtype=dt, device=indices.device)
         grad_W_dec = None
         if grad_decoded is not None:  # d loss / d values[b, s] = grad_decoded[b] . W_dec[idx[b, s]]
-            g += _bag_weight_grad(grad_decoded, W_dec, flat, offsets, bag).view(indices.shape)
+            g += _bag_weight_grad(grad_decoded, W_dec, code).view(indices.shape)
             if ctx.needs_input_grad[4]:
-                grad_W_dec = latents.sum(values, grad_decoded.to(dt))
+                grad_W_dec = code.by_latent().sum(values, grad_decoded.to(dt))
         if grad_values is not None:
             g += grad_values
         g = torch.where(values > 0, g, 0)  # the ReLU after the top-k
-        grad_x, grad_W_enc, grad_b_enc = _topk_encoder_grads(
+        grad_x, grad_W_enc, grad_b_enc = _encoder_grads(
             (ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3] or ctx.pre_bias),
-            x_in, W_enc, indices, g, grad_pre, latents)
+            x_in, W_enc, code, g.flatten(), grad_pre)
         # the pre-encoder bias: d/d b_dec of (x - b_dec) W_enc summed over the batch is -(sum_b g_b) W_enc^T
         grad_b_dec = -(grad_b_enc @ W_enc.to(dt).T) if ctx.pre_bias and ctx.needs_input_grad[1] else None
         grad_b_enc = grad_b_enc if ctx.needs_input_grad[3] else None
@@ -253,27 +288,6 @@ def topk_sae_code(x_n: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, W_de
     return _TopKSAECode.apply(x_n, b_dec, W_enc, b_enc, W_dec, k, pre_encoder_bias)
 
 
-class _Code:
-    """The non-zeros of a (B, d_sae) code in row-major order: each one's example, latent and value (E,),
-    and where each example's run starts (B,), the offsets of its embedding bag."""
-
-    def __init__(self, examples: Tensor, latents: Tensor, values: Tensor, offsets: Tensor, flat: Tensor):
-        self.examples, self.latents, self.values, self.offsets, self.flat = examples, latents, values, offsets, flat
-
-    @classmethod
-    def nonzeros(cls, acts: Tensor) -> _Code:
-        B, d_sae = acts.shape
-        # nonzero over the bits as integers: about half the time of a bool mask and its nonzero. A -0.0
-        # counts as an entry; it adds 0 to every sum, and the backward masks it (value > 0) like the ReLU's.
-        bits = acts.view(_SAME_SIZE_INT[acts.element_size()]).view(-1)
-        flat = bits.nonzero().squeeze(1)
-        examples = torch.div(flat, d_sae, rounding_mode="floor")
-        return cls(examples, flat - examples * d_sae, acts.view(-1).take(flat), _example_offsets(examples, B), flat)
-
-
-_SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
 SPARSE_STEP_MIN_PRODUCT = 1 << 24
 """The sparse ReLU / JumpReLU step runs only where B d_in d_sae is at least this: below it (e.g.
 512 x 32 x 256) the dense products take well under a millisecond and listing the non-zeros costs more."""
@@ -292,13 +306,6 @@ def _takes_sparse_path(pre: Tensor, W_enc: Tensor, sparse_below: float, threshol
     return float(torch.count_nonzero(fires)) <= sparse_below * sample.numel()
 
 
-def _example_offsets(examples: Tensor, B: int) -> Tensor:
-    """Where each example's run starts in row-major entries (B,): the offsets of its embedding bag."""
-    offsets = torch.zeros(B, dtype=torch.long, device=examples.device)
-    torch.cumsum(torch.bincount(examples, minlength=B)[:-1], 0, out=offsets[1:])
-    return offsets
-
-
 def _sparse_code_backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty):
     """The backward from the E non-zeros of a ReLU or JumpReLU code: per-entry gradients, CSR products
     for W_enc and W_dec, index sums for b_enc, the L1 weights and the thresholds (these over the
@@ -311,15 +318,14 @@ def _sparse_code_backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty):
         if ctx.needs_input_grad[5]:
             grad_threshold = _window_threshold_grad(pre, threshold, ctx.bandwidth, grad_acts, grad_decoded, grad_penalty, W_dec)
         grad_penalty = None
-    B, d_sae = x_in.shape[0], W_enc.shape[1]
+    d_sae = W_enc.shape[1]
     dt = torch.promote_types(W_enc.dtype, torch.float32)
     g = torch.zeros_like(code.values, dtype=dt)
     grad_W_dec = grad_aux = None
-    latents = _ByLatent(code.latents, code.examples, d_sae, B)
     if grad_decoded is not None:  # d loss / d f_e = grad_decoded[b] . W_dec[j] for the entry e = (b, j)
-        g += _bag_weight_grad(grad_decoded, W_dec, code.latents, code.offsets, code.examples)
+        g += _bag_weight_grad(grad_decoded, W_dec, code)
         if ctx.needs_input_grad[4]:
-            grad_W_dec = latents.sum(code.values, grad_decoded.to(dt))
+            grad_W_dec = code.by_latent().sum(code.values, grad_decoded.to(dt))
     if grad_acts is not None:
         g += grad_acts.reshape(-1).take(code.flat)
     if grad_penalty is not None:  # the L1: sum_j f_bj w_j, and f >= 0
@@ -328,19 +334,8 @@ def _sparse_code_backward(ctx, grad_pre, grad_acts, grad_decoded, grad_penalty):
         if aux is not None and ctx.needs_input_grad[6]:
             grad_aux = torch.zeros(d_sae, dtype=dt, device=g.device).index_add_(0, code.latents, code.values.to(dt) * per_entry)
     g = torch.where(code.values > 0, g, 0)  # the ReLU's own mask (a -0.0 entry; JumpReLU codes are > theta > 0)
-    if grad_pre is not None:  # something read the dense pre-activations: one dense backward
-        dense = grad_pre.to(dt).clone()
-        dense.view(-1).index_add_(0, code.flat, g)
-        grad_x = dense @ W_enc.to(dt).T if ctx.needs_input_grad[0] else None
-        grad_W_enc = x_in.to(dt).T @ dense
-        grad_b_enc = dense.sum(0)
-    else:
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.nn.functional.embedding_bag(code.latents, W_enc.to(dt).T.contiguous(), code.offsets,
-                                                       per_sample_weights=g, mode="sum")
-        grad_W_enc = latents.sum(g, x_in.to(dt)).T if ctx.needs_input_grad[2] else None
-        grad_b_enc = torch.zeros(d_sae, dtype=dt, device=g.device).index_add_(0, code.latents, g)
+    grad_x, grad_W_enc, grad_b_enc = _encoder_grads(
+        (ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3] or ctx.pre_bias), x_in, W_enc, code, g, grad_pre)
     grad_b_dec = -(grad_b_enc @ W_enc.to(dt).T) if ctx.pre_bias and ctx.needs_input_grad[1] else None
     return (_cast(grad_x, x_in), _cast(grad_b_dec, W_enc), _cast(grad_W_enc, W_enc), _cast(grad_b_enc, W_enc),
             _cast(grad_W_dec, W_dec), _cast(grad_threshold, threshold), _cast(grad_aux, aux), None, None)
@@ -352,20 +347,18 @@ def _window_threshold_grad(pre, threshold, eps, grad_acts, grad_decoded, grad_pe
     with g the code's gradient there (jumprelu) and grad_penalty the L0's (heaviside_step)."""
     B, d_sae = pre.shape
     acc = torch.promote_types(threshold.dtype, torch.float32)
-    flat = _in_window(pre, threshold, eps).view(-1).nonzero().squeeze(1)
-    examples = torch.div(flat, d_sae, rounding_mode="floor")
-    latents = flat - examples * d_sae
-    per_entry = torch.zeros(flat.shape, dtype=acc, device=pre.device)
+    window = _Code(_in_window(pre, threshold, eps).view(-1).nonzero().squeeze(1), d_sae, B)
+    per_entry = torch.zeros(window.flat.shape, dtype=acc, device=pre.device)
     if grad_decoded is not None or grad_acts is not None:
         g = torch.zeros_like(per_entry)
         if grad_decoded is not None:
-            g += _bag_weight_grad(grad_decoded, W_dec, latents, _example_offsets(examples, B), examples)
+            g += _bag_weight_grad(grad_decoded, W_dec, window)
         if grad_acts is not None:
-            g += grad_acts.reshape(-1).take(flat)
-        per_entry += (threshold.to(acc)[latents] / eps) * g
+            g += grad_acts.reshape(-1).take(window.flat)
+        per_entry += (threshold.to(acc)[window.latents] / eps) * g
     if grad_penalty is not None:
-        per_entry += grad_penalty.to(acc)[examples] / eps
-    return -torch.zeros(d_sae, dtype=acc, device=pre.device).index_add_(0, latents, per_entry)
+        per_entry += grad_penalty.to(acc)[window.examples] / eps
+    return -torch.zeros(d_sae, dtype=acc, device=pre.device).index_add_(0, window.latents, per_entry)
 
 
 class _DenseSAECode(torch.autograd.Function):
