@@ -223,10 +223,9 @@ def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre, weighted, pa
     assert path == "dense" or not acts[4].any()
     *_, l0, fired = relu_sae_code(*leaves[:5], leaves[5] if weighted else None, pre_encoder_bias=pre_bias,
                                   sparse_below=below, counts=True)
-    if path == "sparse":  # counted from the non-zeros
-        assert torch.equal(l0, (acts > 0).sum(-1).float()) and torch.equal(fired, (acts > 0).any(0))
-    else:
-        assert l0 is None and fired is None
+    # counted from the non-zeros (sparse) or from sign(acts) (dense)
+    assert l0.dtype == acts.dtype and torch.equal(l0, (acts > 0).sum(-1).to(l0.dtype))
+    assert torch.equal(fired, (acts > 0).any(0)) and fired.any()
     rx, rb_dec, rW_enc, rb_enc, rW_dec, rw = ref_leaves
     rpre = torch.addmm(rb_enc, rx - rb_dec if pre_bias else rx, rW_enc)
     racts = torch.relu(rpre)
@@ -263,7 +262,8 @@ def test_jumprelu_sae_code_matches_autograd(float64, pre_bias, use_pre, path, sp
     assert (0 < density < 0.25) if path == "sparse" else density > 0.25, density
     assert len(sparse_steps) == (path == "sparse"), "the step took the path under test"
     fired = jumprelu_sae_code(*leaves, eps, pre_encoder_bias=pre_bias, sparse_below=below, counts=True)[-1]
-    assert fired is None if path == "dense" else torch.equal(fired, (acts != 0).any(0))
+    assert torch.equal(fired, (acts != 0).any(0)) and fired.any()
+    assert not torch.signbit(acts).any(), "the code's zeros are +0.0, as torch.where(pre > theta, pre, 0) writes them"
     rx, rb_dec, rW_enc, rb_enc, rW_dec, rtheta = ref_leaves
     rpre = torch.addmm(rb_enc, rx - rb_dec if pre_bias else rx, rW_enc)
     racts = jumprelu(rpre, rtheta, eps)
@@ -442,3 +442,15 @@ def test_cuda_sae_steps_match_the_cpu(name):
     assert next(gpu.parameters()).is_cuda
     for (pname, p), q in zip(model.named_parameters(), gpu.parameters()):
         torch.testing.assert_close(q.cpu(), p, rtol=1e-3, atol=1e-4, msg=pname)
+
+
+@pytest.mark.parametrize("kind", ["relu", "jumprelu"])
+def test_dense_code_counts_an_empty_batch(kind):
+    W_enc, b_enc, W_dec, b_dec = torch.randn(6, 40), torch.randn(40), torch.randn(40, 6), torch.randn(6)
+    x = torch.randn(0, 6)
+    if kind == "relu":
+        *_, l0, fired = relu_sae_code(x, b_dec, W_enc, b_enc, W_dec, None, counts=True)
+        assert l0.shape == (0,)
+    else:
+        *_, l0, fired = jumprelu_sae_code(x, b_dec, W_enc, b_enc, W_dec, torch.rand(40) + 0.05, 0.1, counts=True)
+    assert fired.shape == (40,) and fired.dtype == torch.bool and not fired.any()

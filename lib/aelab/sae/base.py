@@ -99,10 +99,10 @@ class SAEOutput:
     """The (decoder-norm weighted) L1 norm of the code per example, (B,), when the forward pass computed it (ReLU SAE)."""
     l0: Tensor | None = None
     """The L0 of the code per example, (B,), when the forward pass computed it (JumpReLU SAE: with the
-    pseudo-gradient of ``heaviside_step`` for the thresholds; ReLU SAE: counted by its sparse step)."""
+    pseudo-gradient of ``heaviside_step`` for the thresholds; ReLU SAE: counted by its fused forward)."""
     fired: Tensor | None = None
     """Latents non-zero on at least one example, (d_sae,) bool, when the forward pass counted them
-    (the sparse step of the ReLU and JumpReLU SAEs)."""
+    (the fused forward of the ReLU and JumpReLU SAEs)."""
 
     def __getattribute__(self, name: str):
         value = object.__getattribute__(self, name)
