@@ -454,3 +454,35 @@ def test_dense_code_counts_an_empty_batch(kind):
     else:
         *_, l0, fired = jumprelu_sae_code(x, b_dec, W_enc, b_enc, W_dec, torch.rand(40) + 0.05, 0.1, counts=True)
     assert fired.shape == (40,) and fired.dtype == torch.bool and not fired.any()
+
+
+@pytest.mark.parametrize("kind", ["relu", "jumprelu"])
+def test_fused_dense_step_in_bf16_matches_the_plain_path(kind):
+    """Under bf16 autocast the fused ReLU / JumpReLU forward gives the plain path's code, exact L0 counts
+    (rows of about 500 non-zeros: more than bf16 holds exactly) and firing, and gradients within bf16 rounding."""
+    torch.manual_seed(0)
+    cfg = dict(l1_coefficient=0.1) if kind == "relu" else dict(l0_coefficient=0.1, bandwidth=0.5, init_threshold=0.05)
+    model = aelab.build(f"sae_{kind}", d_in=32, d_sae=1024, **cfg)
+    x = torch.randn(64, 32)
+    model.initialize(x)
+    plain, fused = copy.deepcopy(model), copy.deepcopy(model)
+    plain.fused_kernel = False
+    outs, losses = [], []
+    for m in (plain, fused):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(x)
+            loss = m.loss(x, out)
+        loss.total.backward()
+        outs.append(out)
+        losses.append(loss)
+    (p, f), (lp, lf) = outs, losses
+    assert f.acts.dtype == torch.bfloat16 and torch.equal(f.acts, p.acts) and not torch.signbit(f.acts).any()
+    l0 = (p.acts != 0).sum(-1)
+    assert l0.max() > 256, "the case has counts that bf16 does not hold exactly"
+    assert torch.equal(code_l0(f), l0.float()) and torch.equal(code_fired(f), (p.acts != 0).any(0))
+    assert lf.terms["l0"].item() == lp.terms["l0"].item()
+    torch.testing.assert_close(lf.total, lp.total, rtol=1e-3, atol=0)
+    for (name, a), b in zip(plain.named_parameters(), fused.parameters()):
+        scale = a.grad.abs().max()
+        assert scale > 0, name
+        torch.testing.assert_close(b.grad / scale, a.grad / scale, rtol=0, atol=0.02, msg=name)
