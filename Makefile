@@ -23,7 +23,7 @@ export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export JUPYTER_PLATFORM_DIRS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup data lab test test-lib assignments grade feedback export-grades grading-demo slides browser lectures bench lock clean
+.PHONY: help setup data lab test test-lib assignments grade feedback export-grades grading-demo slides browser lectures bench bench-saelens lock clean
 
 help:
 	@echo "make lab          set up (first time only), prepare the data, start JupyterLab on the course"
@@ -38,6 +38,7 @@ help:
 	@echo "make slides       export every lecture to reveal.js HTML in slides/ (works offline)"
 	@echo "make browser      install headless Chromium for the browser tests (Debian's chromium; root or sudo)"
 	@echo "make bench        run the benchmarks"
+	@echo "make bench-saelens the SAE benchmarks with SAELens's TopK step, from a separate environment (.venv-saelens)"
 	@echo "make clean        remove the environment, caches and instructor working state"
 
 $(STAMP): requirements.lock requirements-nodeps.txt lib/pyproject.toml
@@ -111,6 +112,15 @@ browser:
 bench: setup
 	$(BIN)/python -m aelab.bench --json bench.json $(BENCH_ARGS)
 
+# the SAE benchmarks with SAELens's TopK step in the baseline's process: SAELens is not a course
+# dependency, so it lives in its own environment, from requirements-saelens.lock (the course's pins plus SAELens)
+SAELENS_VENV := .venv-saelens
+bench-saelens: setup
+	test -x $(SAELENS_VENV)/bin/python || $(BIN)/uv venv --quiet --python $(BIN)/python $(SAELENS_VENV)
+	$(BIN)/uv pip sync --quiet --python $(SAELENS_VENV)/bin/python requirements-saelens.lock
+	$(BIN)/uv pip install --quiet --python $(SAELENS_VENV)/bin/python --no-deps -r requirements-nodeps.txt -e lib
+	$(SAELENS_VENV)/bin/python -m aelab.bench --only sae --json bench-saelens.json $(BENCH_ARGS)
+
 # execute every lecture in full mode, in place, and record its wall time (lectures/timings.json);
 # LECTURES=02 03 runs only those
 lectures: setup data
@@ -118,6 +128,7 @@ lectures: setup data
 
 lock:
 	$(BIN)/uv pip compile requirements.in --universal --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile requirements-saelens.in -c requirements.lock --universal --python-version 3.11 -o requirements-saelens.lock
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache slides screenshots submitted autograded feedback exchange gradebook.db grades.csv
+	rm -rf $(VENV) $(SAELENS_VENV) .cache .pytest_cache slides screenshots submitted autograded feedback exchange gradebook.db grades.csv

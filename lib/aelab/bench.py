@@ -14,7 +14,8 @@ the ratio, so the numbers compare across machines; nothing here is asserted in t
    These start from initialisation, where half of a ReLU or JumpReLU code fires; two more rows start
    both loops from the same weights with an L0 of about 64, the sparsity training reaches, where
    aelab's ReLU and JumpReLU steps use only the code's non-zeros after the encoder product.
-   SAELens's TopK training step runs on the same activations when ``sae_lens`` is importable.
+   SAELens's TopK training step runs on the same activations when ``sae_lens`` is importable
+   (``make bench-saelens`` runs this part from an environment that has it).
 3. dSprites conv VAE images/s (``aelab.fit`` vs a DataLoader loop), and activation collection
    tokens/s for SmolLM2 (the forward stopped at the hooked layer vs the full forward) when
    ``aelab.data.lm`` and its weights are installed.
