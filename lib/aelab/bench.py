@@ -281,7 +281,9 @@ def saelens_topk_steps(x: torch.Tensor, batch: int, steps: int, d_sae: int, k: i
         import sae_lens  # noqa: F401
         from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
         from sae_lens.saes.sae import TrainStepInput
-    except Exception as e:  # not installed, or an API this code does not know
+    except Exception as e:  # not installed, or installed with a dependency missing or an API this code does not know
+        if isinstance(e, ModuleNotFoundError) and e.name == "sae_lens":
+            return None, "SAELens not measured: sae_lens is not installed here (`make bench-saelens` runs this part where it is)"
         return None, f"SAELens not measured: {type(e).__name__}: {e}".splitlines()[0][:160]
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=x.shape[1], d_sae=d_sae, k=k, device="cpu"))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)

@@ -124,4 +124,4 @@ def test_the_saelens_environment_pins_the_course_packages_at_the_same_versions()
 def test_saelens_row_says_why_when_it_is_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "sae_lens", None)  # import sae_lens raises ImportError
     seconds, why = bench.saelens_topk_steps(torch.randn(8, 4), batch=4, steps=1, d_sae=16, k=2)
-    assert seconds is None and why.startswith("SAELens not measured: ") and "sae_lens" in why
+    assert seconds is None and why.startswith("SAELens not measured: ") and "make bench-saelens" in why
