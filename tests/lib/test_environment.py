@@ -1,4 +1,5 @@
-"""The three descriptions of the environment agree: requirements.in, requirements.lock, environment.yml."""
+"""The descriptions of the environment agree: requirements.in, requirements.lock, environment.yml, and the
+benchmark-only requirements-saelens.lock."""
 
 from __future__ import annotations
 
@@ -18,16 +19,20 @@ def applies_to_311(marker: str | None) -> bool:
     return not marker or "python_full_version >= '3.12'" not in marker
 
 
-def lock_pins() -> dict[str, str]:
-    pins = {}
-    for line in (REPO / "requirements.lock").read_text().splitlines():
+def lock_entries(lock: str = "requirements.lock") -> list[tuple[str, str, str | None]]:
+    """(normalised name, version, marker or None) of every pin of a uv lock file."""
+    entries = []
+    for line in (REPO / lock).read_text().splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         m = PIN.match(line.strip())
-        assert m, f"requirements.lock line is not an exact pin: {line!r}"
-        if applies_to_311(m.group(3)):
-            pins[norm(m.group(1))] = m.group(2)
-    return pins
+        assert m, f"{lock} line is not an exact pin: {line!r}"
+        entries.append((norm(m.group(1)), m.group(2), m.group(3)))
+    return entries
+
+
+def lock_pins() -> dict[str, str]:
+    return {name: version for name, version, marker in lock_entries() if applies_to_311(marker)}
 
 
 def top_level() -> set[str]:
@@ -77,3 +82,19 @@ def test_package_dependencies_are_in_the_lock():
 def test_torch_comes_with_a_matching_torchvision():
     pins = lock_pins()
     assert "torch" in pins and "torchvision" in pins
+
+
+def test_the_saelens_environment_pins_the_course_packages_at_the_same_versions():
+    """``make bench-saelens`` compares with SAELens from requirements-saelens.lock: same torch, same everything shared."""
+    def versions(lock: str) -> dict[str, set[str]]:  # a package can appear once per environment marker
+        pins: dict[str, set[str]] = {}
+        for name, version, _ in lock_entries(lock):
+            pins.setdefault(name, set()).add(version)
+        return pins
+
+    course, peer = versions("requirements.lock"), versions("requirements-saelens.lock")
+    assert "torch" in course and "sae-lens" in peer
+    differ = {name: (course[name], peer.get(name)) for name in course if peer.get(name) != course[name]}
+    assert not differ, f"requirements-saelens.lock differs from requirements.lock; run `make lock`: {differ}"
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^bench-saelens:", makefile, re.M) and "requirements-saelens.lock" in makefile
