@@ -24,6 +24,11 @@ The baselines and aelab run one after the other in two fresh processes of the sa
 so that a process-wide setting aelab makes (``fit`` keeps freed CPU memory for reuse,
 ``aelab.train.optim.tune_cpu_allocator``) cannot speed up a baseline measured after it. An
 ablation row runs the tutorial SAE loop under that setting, to show how much of the gain it is.
+
+A full run measures each side ``--repeats`` times (3; ``--quick``: 1), alternating baseline and
+aelab processes so that a slow spell of a shared machine falls on both; the table gives each
+side's median and their ratio, and with several runs the range of the ratios of the runs
+(baseline run r against aelab run r, measured next to each other). The JSON keeps every run's value.
 """
 
 from __future__ import annotations
@@ -401,12 +406,23 @@ def lm_measure(quick: bool, side: str) -> list[dict]:
 
 # -- the table ---------------------------------------------------------------------------------------
 
-def _row(benchmark: str, baseline: str, unit: str, base: float | None, ours: float | None, note: str) -> dict:
-    """One result; ``base`` and ``ours`` are rates (higher is better), speedup = ours / base."""
+def _row(benchmark: str, baseline: str, unit: str, base: float | None, ours: float | None, note: str,
+         base_runs: list[float | None] | None = None, our_runs: list[float | None] | None = None) -> dict:
+    """One result; ``base`` and ``ours`` are rates (higher is better), speedup = ours / base.
+
+    ``base_runs`` and ``our_runs``: every run's value of each side, in the order they ran (one each
+    without repeats); ``speedup_range`` is the least and greatest ours / base of runs with the same
+    index, None unless both sides have at least two such runs."""
+    base_runs = [base] if base_runs is None else base_runs
+    our_runs = [ours] if our_runs is None else our_runs
+    ratios = [o / b for b, o in zip(base_runs, our_runs) if b is not None and o is not None]
     return {"benchmark": benchmark, "baseline": baseline, "unit": unit,
             "baseline_value": None if base is None else round(base, 1),
             "aelab_value": None if ours is None else round(ours, 1),
-            "speedup": None if base is None or ours is None else round(ours / base, 2), "note": note}
+            "speedup": None if base is None or ours is None else round(ours / base, 2),
+            "speedup_range": [round(min(ratios), 2), round(max(ratios), 2)] if len(ratios) > 1 else None,
+            "baseline_runs": [None if v is None else round(v, 1) for v in base_runs],
+            "aelab_runs": [None if v is None else round(v, 1) for v in our_runs], "note": note}
 
 
 def _measure(key: str, benchmark: str, baseline: str, unit: str, value: float | None, note: str) -> dict:
@@ -434,6 +450,21 @@ def measure(quick: bool, only: list[str] | None, side: str) -> list[dict]:
     return out
 
 
+def median_run(runs: list[list[dict]]) -> list[dict]:
+    """One side's measurements over several runs -> one list: for each key, the run with the median
+    value (the lower of the two middle ones for an even count; a run without a value only where no
+    run has one), with ``runs`` added: every run's value in run order, None where a run lacks it."""
+    keys = dict.fromkeys(m["key"] for run in runs for m in run)
+    by_run = [{m["key"]: m for m in run} for run in runs]
+    out = []
+    for key in keys:
+        found = [r[key] for r in by_run if key in r]
+        valued = sorted((m for m in found if m["value"] is not None), key=lambda m: m["value"])
+        pick = valued[(len(valued) - 1) // 2] if valued else found[0]
+        out.append({**pick, "runs": [r[key]["value"] if key in r else None for r in by_run]})
+    return out
+
+
 def merge(baseline: list[dict], ours: list[dict]) -> list[dict]:
     """Rows (``_row``) from the two sides' measurements, in the order the benchmarks ran; a key one side lacks has no value there."""
     by_key = {m["key"]: m for m in baseline}
@@ -443,24 +474,32 @@ def merge(baseline: list[dict], ours: list[dict]) -> list[dict]:
         b, o = by_key.get(key), mine.get(key)
         first = b if b is not None and b["benchmark"] else o
         note = "; ".join(m["note"] for m in (b, o) if m is not None and m["note"])
-        rows.append(_row(first["benchmark"], first["baseline"], first["unit"], b and b["value"], o and o["value"], note))
+        rows.append(_row(first["benchmark"], first["baseline"], first["unit"], b and b["value"], o and o["value"], note,
+                         b and b.get("runs", [b["value"]]), o and o.get("runs", [o["value"]])))
     return rows
 
 
-def run(quick: bool, only: list[str] | None = None, same_process: bool = False) -> list[dict]:
-    """Both sides and their rows: each side in a fresh Python process (``same_process``: both here, baseline first)."""
-    if same_process:
-        return merge(measure(quick, only, "baseline"), measure(quick, only, "aelab"))
-    sides = {}
+def run(quick: bool, only: list[str] | None = None, same_process: bool = False, repeats: int = 1) -> list[dict]:
+    """Both sides and their rows: each side in a fresh Python process (``same_process``: both here,
+    baseline first), ``repeats`` times, alternating the sides; each side's median run (``median_run``)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    sides: dict[str, list[list[dict]]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory() as tmp:
-        for side in SIDES:
-            path = os.path.join(tmp, f"{side}.json")
-            cmd = [sys.executable, "-m", "aelab.bench", "--side", side, "--json", path, *(["--quick"] if quick else []),
-                   *(["--only", *only] if only else [])]
-            subprocess.run(cmd, check=True)
-            with open(path) as f:
-                sides[side] = json.load(f)
-    return merge(sides["baseline"], sides["aelab"])
+        for r in range(repeats):
+            for side in SIDES:
+                if repeats > 1:
+                    print(f"[run {r + 1} of {repeats}, {side}]", flush=True)
+                if same_process:
+                    sides[side].append(measure(quick, only, side))
+                    continue
+                path = os.path.join(tmp, f"{side}.json")
+                cmd = [sys.executable, "-m", "aelab.bench", "--side", side, "--json", path, *(["--quick"] if quick else []),
+                       *(["--only", *only] if only else [])]
+                subprocess.run(cmd, check=True)
+                with open(path) as f:
+                    sides[side].append(json.load(f))
+    return merge(median_run(sides["baseline"]), median_run(sides["aelab"]))
 
 
 def machine() -> dict:
@@ -483,8 +522,11 @@ def markdown(rows: list[dict], info: dict) -> str:
              "| benchmark | baseline | unit | baseline | aelab | speedup | note |", "|---|---|---|---:|---:|---:|---|"]
     fmt = lambda v: "—" if v is None else f"{v:,}"  # noqa: E731
     for r in rows:
+        speedup = "—" if r["speedup"] is None else f"{r['speedup']}x"
+        if r["speedup"] is not None and r.get("speedup_range"):
+            speedup += " ({}–{})".format(*r["speedup_range"])
         lines.append(f"| {r['benchmark']} | {r['baseline']} | {r['unit']} | {fmt(r['baseline_value'])} | "
-                     f"{fmt(r['aelab_value'])} | {'—' if r['speedup'] is None else str(r['speedup']) + 'x'} | {r['note']} |")
+                     f"{fmt(r['aelab_value'])} | {speedup} | {r['note']} |")
     return "\n".join(lines)
 
 
@@ -494,6 +536,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
     parser.add_argument("--same-process", action="store_true", help="measure both sides in this process (baseline first)")
+    parser.add_argument("--repeats", type=int, help="runs of each side, alternating; the table gives medians (default 3, --quick 1)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one side, for run(): writes measurements to --json
     args = parser.parse_args(argv)
     if args.side:
@@ -501,8 +544,11 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.json, "w") as f:
             json.dump(measurements, f)
         return
-    rows = run(args.quick, args.only, args.same_process)
-    info = machine()
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    if repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {repeats}")
+    rows = run(args.quick, args.only, args.same_process, repeats)
+    info = {**machine(), "runs per side": repeats}
     print()
     print(markdown(rows, info))
     if args.json:

@@ -89,6 +89,41 @@ def test_merge_pairs_the_sides_by_key_and_keeps_the_order():
     assert rows[0]["note"] == "base note" and rows[1]["note"] == "ours"
 
 
+def test_median_run_takes_each_keys_middle_run_and_keeps_every_value():
+    runs = [[bench._measure("a", "A", "loop", "u", 3.0, "first"), bench._measure("s", "S", "loop", "u", None, "skipped")],
+            [bench._measure("a", "A", "loop", "u", 1.0, "second"), bench._measure("s", "S", "loop", "u", None, "skipped")],
+            [bench._measure("a", "A", "loop", "u", 2.0, "third"), bench._measure("b", "B", "loop", "u", 5.0, "late")]]
+    a, s, b = bench.median_run(runs)
+    assert (a["value"], a["note"], a["runs"]) == (2.0, "third", [3.0, 1.0, 2.0]), "the median run, with its own note"
+    assert (s["value"], s["runs"]) == (None, [None, None, None])
+    assert (b["value"], b["runs"]) == (5.0, [None, None, 5.0])
+    even = bench.median_run(runs[:2])[0]
+    assert even["value"] == 1.0, "of two middle runs, the lower"
+
+
+def test_repeats_alternate_the_sides_and_report_medians_with_the_range(tmp_path, monkeypatch, capsys):
+    calls = []
+    values = {"baseline": iter([10.0, 14.0, 12.0]), "aelab": iter([25.0, 21.0, 36.0])}
+
+    def fake(quick, side):
+        calls.append(side)
+        return [bench._measure("fake", "fake", "slow loop", "items/s", next(values[side]), "")]
+
+    monkeypatch.setattr(bench, "BENCHMARKS", {"fake": fake})
+    out = tmp_path / "bench.json"
+    bench.main(["--same-process", "--repeats", "3", "--json", str(out)])
+    assert calls == ["baseline", "aelab"] * 3, "the sides alternate, so a slow spell falls on both"
+    text = capsys.readouterr().out
+    assert "runs per side: 3" in text
+    # medians 12 and 25; the runs' own ratios are 2.5, 1.5 and 3.0
+    assert "| fake | slow loop | items/s | 12.0 | 25.0 | 2.08x (1.5–3.0) |  |" in text
+    row = json.loads(out.read_text())["results"][0]
+    assert row["baseline_runs"] == [10.0, 14.0, 12.0] and row["aelab_runs"] == [25.0, 21.0, 36.0]
+    assert row["speedup_range"] == [1.5, 3.0]
+    with pytest.raises(SystemExit):
+        bench.main(["--same-process", "--repeats", "0"])
+
+
 def test_the_example_dataset_serves_the_same_images(tmp_path):
     x = torch.randint(0, 256, (5, 1, 28, 28)).float() / 255
     y = torch.tensor([3, 1, 4, 1, 5])
