@@ -156,6 +156,41 @@ def test_row_topk_by_groups_equals_torch_topk(dtype):
             assert torch.equal(indices[row], ref.indices[row])
 
 
+@pytest.mark.parametrize("special", ["nan", "inf", "-inf", "all -inf"])
+def test_row_topk_by_groups_with_non_finite_entries_agrees_with_torch_topk(special):
+    """A NaN or infinite pre-activation makes the threshold of the packed step not finite (or not
+    useful): the top-k of the groups' entries is taken directly, with torch.topk's values."""
+    torch.manual_seed(1)
+    B, d_sae, k = 6, 512, 8
+    pre = torch.randn(B, d_sae)
+    if special == "all -inf":
+        pre[3] = float("-inf")
+    else:
+        pre[3, ::5] = float(special)  # more such entries than k, spread over the groups
+    values, indices = sparsity._row_topk(pre, k)
+    ref = torch.topk(pre, k, dim=-1)
+    torch.testing.assert_close(values, ref.values, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(pre.gather(1, indices), values, equal_nan=True, rtol=0, atol=0)
+    assert all(len(set(r.tolist())) == k for r in indices)
+    assert torch.equal(indices[[0, 1, 2, 4, 5]], ref.indices[[0, 1, 2, 4, 5]])
+
+
+def test_row_topk_packs_rows_with_many_entries_above_the_threshold():
+    """Rows where many entries reach the k-th largest group maximum (ties, a block of equal values)
+    widen the packed buffer; the values stay torch.topk's."""
+    torch.manual_seed(2)
+    B, d_sae, k = 5, 1024, 16
+    pre = torch.randn(B, d_sae)
+    pre[0] = (pre[0] * 2).round()  # a handful of distinct values
+    pre[1, 100:900] = 3.0  # 800 equal entries above the rest
+    pre[2, :] = 1.0  # a constant row
+    values, indices = sparsity._row_topk(pre, k)
+    ref = torch.topk(pre, k, dim=-1)
+    assert torch.equal(values, ref.values)
+    assert torch.equal(pre.gather(1, indices), values) and all(len(set(r.tolist())) == k for r in indices)
+    assert torch.equal(indices[3:], ref.indices[3:])
+
+
 def test_scaled_squared_error_matches_squared_error_of_the_scaled_tensors(float64):
     from aelab.functional import scaled_squared_error, squared_error
     x, recon, s = torch.randn(7, 5), torch.randn(7, 5), torch.tensor(0.37)

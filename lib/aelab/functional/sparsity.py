@@ -36,12 +36,16 @@ def _row_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
     The columns are split into G = 8k strided groups (column j in group j mod G); only the k groups
     with the largest maxima can hold a top-k entry (a group outside them with an entry above the
-    k-th largest value would make k + 1 group maxima above it), so one max over the groups, a top-k
-    of the G maxima and a top-k of those k groups' d_sae k / G entries give the same values, in the
-    same order; among tied values the indices may differ. Used for fp32 and fp64, where ties are rare
+    k-th largest value would make k + 1 group maxima above it). The smallest of those k maxima, t,
+    is at most the k-th largest value (the k maxima are k entries >= t), so the top k are among the
+    entries >= t of those k groups: at least k of them (the maxima), typically a few more. One max
+    over the groups, a top-k of the G maxima, and a top-k over each row's entries >= t, packed into
+    a (B, w) buffer (w the largest count, padded with -inf), give the same values, in the same
+    order; among tied values the indices may differ. Used for fp32 and fp64, where ties are rare
     (bf16 and fp16 codes tie often, and their indices should not depend on the path); falls back to
     ``torch.topk`` there, off the CPU, and where the shape does not split (d_sae not a multiple of G,
-    or fewer than 4 entries per group).
+    or fewer than 4 entries per group); the last step falls back to a top-k over all d_sae k / G
+    entries of the k groups when a t is not finite (a NaN or infinite pre-activation).
     """
     B, d_sae = pre.shape
     G = 8 * k
@@ -50,9 +54,20 @@ def _row_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
         return torch.topk(pre, k, dim=-1)
     per_group = d_sae // G
     grouped = pre.view(B, per_group, G)  # grouped[b, i, c] = pre[b, c + G i]
-    _, groups = torch.topk(grouped.amax(1), k, dim=-1, sorted=False)  # (B, k)
-    candidates = grouped.gather(2, groups.unsqueeze(1).expand(B, per_group, k))  # (B, per_group, k)
-    values, pos = torch.topk(candidates.view(B, per_group * k), k, dim=-1)
+    maxima, groups = torch.topk(grouped.amax(1), k, dim=-1, sorted=False)  # (B, k)
+    candidates = grouped.gather(2, groups.unsqueeze(1).expand(B, per_group, k)).view(B, per_group * k)
+    t = maxima.amin(1, keepdim=True)
+    if B == 0 or not bool(torch.isfinite(t).all()):
+        values, pos = torch.topk(candidates, k, dim=-1)
+    else:
+        rows, cols = (candidates >= t).nonzero(as_tuple=True)  # row-major: each row's entries in a run
+        counts = torch.bincount(rows, minlength=B)
+        w = int(counts.max())
+        slot = rows * w + torch.arange(rows.numel(), device=pre.device) - (torch.cumsum(counts, 0) - counts)[rows]
+        packed = candidates.new_full((B * w,), float("-inf")).index_put_((slot,), candidates[rows, cols])
+        packed_cols = torch.zeros(B * w, dtype=torch.long, device=pre.device).index_put_((slot,), cols)
+        values, s = torch.topk(packed.view(B, w), k, dim=-1)  # every row has >= k entries > -inf (t finite)
+        pos = packed_cols.view(B, w).gather(1, s)
     return values, groups.gather(1, pos % k) + G * torch.div(pos, k, rounding_mode="floor")
 
 
@@ -109,10 +124,13 @@ class _ByLatent:
 
     def __init__(self, code: _Code):
         self.B, self.d_sae = code.B, code.d_sae
-        self.order = torch.argsort(code.latents, stable=True)
-        self.rows = code.examples[self.order]
-        self.crow = torch.zeros(code.d_sae + 1, dtype=torch.long, device=code.latents.device)
-        torch.cumsum(torch.bincount(code.latents, minlength=code.d_sae), 0, out=self.crow[1:])
+        # int32 indices where they fit: the sort is faster, and the CSR product needs no conversion
+        small = max(code.latents.numel(), code.B, code.d_sae) < 2**31
+        latents = code.latents.int() if small else code.latents
+        self.order = torch.argsort(latents, stable=True)
+        self.rows = (code.examples.int() if small else code.examples)[self.order]
+        self.crow = torch.zeros(code.d_sae + 1, dtype=latents.dtype, device=latents.device)
+        torch.cumsum(torch.bincount(latents, minlength=code.d_sae), 0, out=self.crow[1:])
 
     def sum(self, weights: Tensor, dense: Tensor) -> Tensor:
         values = weights.flatten()[self.order].to(dense.dtype)
