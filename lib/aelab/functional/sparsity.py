@@ -130,7 +130,7 @@ class _ByLatent:
         self.order = torch.argsort(latents, stable=True)
         self.rows = (code.examples.int() if small else code.examples)[self.order]
         self.crow = torch.zeros(code.d_sae + 1, dtype=latents.dtype, device=latents.device)
-        torch.cumsum(torch.bincount(latents, minlength=code.d_sae), 0, out=self.crow[1:])
+        self.crow[1:] = torch.cumsum(torch.bincount(code.latents, minlength=code.d_sae), 0)  # (cast to int32)
 
     def sum(self, weights: Tensor, dense: Tensor) -> Tensor:
         values = weights.flatten()[self.order].to(dense.dtype)
