@@ -60,12 +60,13 @@ def _row_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if B == 0 or not bool(torch.isfinite(t).all()):
         values, pos = torch.topk(candidates, k, dim=-1)
     else:
-        rows, cols = (candidates >= t).nonzero(as_tuple=True)  # row-major: each row's entries in a run
-        counts = torch.bincount(rows, minlength=B)
-        w = int(counts.max())
-        slot = rows * w + torch.arange(rows.numel(), device=pre.device) - (torch.cumsum(counts, 0) - counts)[rows]
-        packed = candidates.new_full((B * w,), float("-inf")).index_put_((slot,), candidates[rows, cols])
-        packed_cols = torch.zeros(B * w, dtype=torch.long, device=pre.device).index_put_((slot,), cols)
+        width = per_group * k
+        entries = _Code((candidates >= t).view(-1).nonzero().squeeze(1), width, B)  # row-major, with each row's run start
+        E = entries.flat.numel()
+        w = int(torch.diff(entries.offsets, append=entries.offsets.new_tensor([E])).max())
+        slot = entries.examples * w + torch.arange(E, device=pre.device) - entries.offsets[entries.examples]
+        packed = candidates.new_full((B * w,), float("-inf")).index_put_((slot,), candidates.view(-1).take(entries.flat))
+        packed_cols = torch.zeros(B * w, dtype=torch.long, device=pre.device).index_put_((slot,), entries.latents)
         values, s = torch.topk(packed.view(B, w), k, dim=-1)  # every row has >= k entries > -inf (t finite)
         pos = packed_cols.view(B, w).gather(1, s)
     return values, groups.gather(1, pos % k) + G * torch.div(pos, k, rounding_mode="floor")
@@ -125,12 +126,11 @@ class _ByLatent:
     def __init__(self, code: _Code):
         self.B, self.d_sae = code.B, code.d_sae
         # int32 indices where they fit: the sort is faster, and the CSR product needs no conversion
-        small = max(code.latents.numel(), code.B, code.d_sae) < 2**31
-        latents = code.latents.int() if small else code.latents
-        self.order = torch.argsort(latents, stable=True)
-        self.rows = (code.examples.int() if small else code.examples)[self.order]
-        self.crow = torch.zeros(code.d_sae + 1, dtype=latents.dtype, device=latents.device)
-        self.crow[1:] = torch.cumsum(torch.bincount(code.latents, minlength=code.d_sae), 0)  # (cast to int32)
+        index = torch.int32 if max(code.latents.numel(), code.B, code.d_sae) < 2**31 else torch.long
+        self.order = torch.argsort(code.latents.to(index), stable=True)
+        self.rows = code.examples[self.order].to(index)
+        self.crow = torch.zeros(code.d_sae + 1, dtype=index, device=code.latents.device)
+        self.crow[1:] = torch.cumsum(torch.bincount(code.latents, minlength=code.d_sae), 0)
 
     def sum(self, weights: Tensor, dense: Tensor) -> Tensor:
         values = weights.flatten()[self.order].to(dense.dtype)
