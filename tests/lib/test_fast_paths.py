@@ -521,3 +521,14 @@ def test_fused_dense_step_in_bf16_matches_the_plain_path(kind):
         scale = a.grad.abs().max()
         assert scale > 0, name
         torch.testing.assert_close(b.grad / scale, a.grad / scale, rtol=0, atol=0.02, msg=name)
+
+
+@pytest.mark.parametrize("latent_major", [True, False])
+def test_weight_grad_is_laid_out_like_the_weight(latent_major):
+    """x^T g in W's memory layout: an SAE's W_enc (a clone of W_dec^T) gets a gradient autograd need not copy."""
+    x, g = torch.randn(9, 6, dtype=torch.float64), torch.randn(9, 40, dtype=torch.float64)
+    W = torch.randn(40, 6, dtype=torch.float64).T.clone() if latent_major else torch.randn(6, 40, dtype=torch.float64)
+    grad = sparsity._weight_grad(x, g, W)
+    torch.testing.assert_close(grad, x.T @ g, rtol=1e-12, atol=1e-12)
+    assert grad.stride() == W.stride()
+    assert aelab.build("sae_relu", d_in=6, d_sae=40).W_enc.stride() == (1, 6), "SAEs keep W_enc latent-major"

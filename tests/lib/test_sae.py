@@ -204,6 +204,17 @@ def test_remove_parallel_grad_projects_each_row_gradient_onto_the_sphere():
     assert torch.allclose((W.grad * W).sum(1), torch.zeros(5), atol=1e-6)
 
 
+def test_remove_parallel_grad_on_rows_of_any_norm_matches_the_unit_vector_formula():
+    """Rows off the sphere (and a zero row, whose gradient passes unchanged): g - (g . u) u, u = W / ||W||, in fp64."""
+    torch.manual_seed(0)
+    W = (torch.randn(6, 5, dtype=torch.float64) * torch.tensor([0.1, 1.0, 3.0, 1e-3, 10.0, 0.0])[:, None]).requires_grad_()
+    g = torch.randn(6, 5, dtype=torch.float64)
+    (remove_parallel_grad(W) * g).sum().backward()
+    unit = W.detach() / W.detach().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    torch.testing.assert_close(W.grad, g - (g * unit).sum(1, keepdim=True) * unit, rtol=1e-12, atol=1e-12)
+    assert torch.equal(W.grad[5], g[5])
+
+
 # -- the SAEs --------------------------------------------------------------------------------------
 
 ALL_SAES = ["sae_relu", "sae_topk", "sae_batch_topk", "sae_jumprelu", "sae_gated", "sae_matryoshka", "ksparse_ae"]

@@ -150,6 +150,15 @@ def _bag_weight_grad(grad: Tensor, W: Tensor, code: _Code) -> Tensor:
         grad.to(W.dtype).contiguous(), W, code.latents, code.offsets, code.examples, 0)
 
 
+def _weight_grad(x_in: Tensor, g: Tensor, W: Tensor) -> Tensor:
+    """x_in^T g (d_in, d_sae), the gradient of W in x_in W, laid out in memory as W is: autograd then takes
+    it as W's gradient without a copy, and the fused Adam step needs none either (an SAE's W_enc starts as
+    a clone of W_dec^T, so latent-major). The same products either way."""
+    if W.dim() == 2 and W.shape[1] > 1 and W.stride() == (1, W.shape[0]):
+        return (g.T @ x_in).T
+    return x_in.T @ g
+
+
 def _encoder_grads(needs, x_in: Tensor, W: Tensor, code: _Code, g: Tensor,
                    grad_pre: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Gradients of (x_in, W, b) for pre = x_in W + b when the loss reads pre at the code's entries.
@@ -164,7 +173,7 @@ def _encoder_grads(needs, x_in: Tensor, W: Tensor, code: _Code, g: Tensor,
     if grad_pre is not None:
         dense = grad_pre.to(dt, copy=True)
         dense.view(-1).index_add_(0, code.flat, g)
-        return (dense @ W.to(dt).T if need_x else None, x_in.to(dt).T @ dense if need_W else None,
+        return (dense @ W.to(dt).T if need_x else None, _weight_grad(x_in.to(dt), dense, W) if need_W else None,
                 dense.sum(0) if need_b else None)
     grad_x = grad_W = grad_b = None
     if need_x:  # grad_x[b] = sum over b's entries (b, j) of g W[:, j]
@@ -520,7 +529,7 @@ class _DenseSAECode(torch.autograd.Function):
         if grad_pre is not None:
             g += grad_pre.to(cdt)
         grad_b_enc = _column_sums(g).to(acc)  # in a bf16 step, rounded to bf16 like autograd's (and without an fp32 copy of g)
-        grad_W_enc = x_in.to(cdt).T @ g
+        grad_W_enc = _weight_grad(x_in.to(cdt), g, W_enc)
         grad_x = g @ W_enc.to(cdt).T if ctx.needs_input_grad[0] else None
         # the pre-encoder bias: d/d b_dec of (x - b_dec) W_enc summed over the batch is -(sum_b g_b) W_enc^T,
         # one vector-matrix product instead of the (B, d_in) gradient of x_in
@@ -808,8 +817,11 @@ class _RemoveParallelGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (W,) = ctx.saved_tensors
-        unit = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return grad - (grad * unit).sum(-1, keepdim=True) * unit
+        # (g . u) u with u = W / ||W|| is ((g . W) / ||W||^2) W: two row-wise dot products and one
+        # multiply-add, without the unit rows (a zero row keeps its gradient, as 0 / eps)
+        norms = W.norm(dim=-1)
+        coef = torch.linalg.vecdot(grad, W) / (norms * norms).clamp_min(1e-24)
+        return torch.addcmul(grad, coef.unsqueeze(-1), W, value=-1)
 
 
 def remove_parallel_grad(W: Tensor) -> Tensor:
