@@ -23,7 +23,7 @@ export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export JUPYTER_PLATFORM_DIRS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup data lab test test-lib assignments grade feedback export-grades grading-demo slides browser lectures bench bench-saelens lock clean
+.PHONY: help setup data lab test test-lib assignments grade feedback export-grades grading-demo slides browser lectures bench bench-gpu bench-saelens lock clean
 
 help:
 	@echo "make lab          set up (first time only), prepare the data, start JupyterLab on the course"
@@ -38,6 +38,7 @@ help:
 	@echo "make slides       export every lecture to reveal.js HTML in slides/ (works offline)"
 	@echo "make browser      install headless Chromium for the browser tests (Debian's chromium; root or sudo)"
 	@echo "make bench        run the benchmarks"
+	@echo "make bench-gpu    the benchmarks with both sides on the CUDA GPU, and the course's H100 goals"
 	@echo "make bench-saelens the SAE benchmarks with SAELens's TopK step, from a separate environment (.venv-saelens)"
 	@echo "make clean        remove the environment, caches and instructor working state"
 
@@ -117,6 +118,10 @@ browser:
 # BENCH_ARGS=--quick for a one-minute run; the table is printed and written to bench.json
 bench: setup
 	$(BIN)/python -m aelab.bench --json bench.json $(BENCH_ARGS)
+
+# both sides on the GPU (the locked torch is a CUDA build): the table, then the H100 goals checked
+bench-gpu: setup
+	$(BIN)/python -m aelab.bench --device cuda --json bench-gpu.json $(BENCH_ARGS)
 
 # the SAE benchmarks with SAELens's TopK step in the baseline's process: SAELens is not a course
 # dependency, so it lives in its own environment, from requirements-saelens.lock (the course's pins plus SAELens)

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m aelab.bench [--quick] [--json FILE]`` (``make bench``).
+"""Benchmarks: ``python -m aelab.bench [--quick] [--json FILE] [--device cuda]`` (``make bench``, ``make bench-gpu``).
 
 Each benchmark times aelab against a baseline run in the same process on the same data and reports
 the ratio, so the numbers compare across machines; nothing here is asserted in tests. The table
@@ -24,6 +24,11 @@ The baselines and aelab run one after the other in two fresh processes of the sa
 so that a process-wide setting aelab makes (``fit`` keeps freed CPU memory for reuse,
 ``aelab.train.optim.tune_cpu_allocator``) cannot speed up a baseline measured after it. An
 ablation row runs the tutorial SAE loop under that setting, to show how much of the gain it is.
+
+``--device cuda`` runs both sides on the GPU (data, models and the baselines' loops there; each
+timer waits for the device to finish, ``torch.cuda.synchronize``), and the table then checks the
+H100 goals of the course (``GPU_GOALS``): SAE TopK in bf16 at 5M tokens/s or more, an MNIST VAE
+epoch in 0.3 s or less.
 
 A full run measures each side ``--repeats`` times (3; ``--quick``: 1), alternating baseline and
 aelab processes so that a slow spell of a shared machine falls on both; the table gives each
@@ -108,19 +113,30 @@ def example_dataset(x, y, root: str):
     return datasets.MNIST(root, train=True, download=False, transform=transforms.ToTensor())
 
 
-def baseline_epoch(x, y, batch_size: int) -> tuple[float, float]:
+def _sync(device: str | torch.device) -> None:
+    """Wait for the device's queued work, so that a timer reads the work done (a no-op on a CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def baseline_epoch(x, y, batch_size: int, device: str | torch.device = "cpu") -> tuple[float, float]:
     """(seconds, mean loss per example) of one epoch of the example-style loop."""
-    model = ExampleVAE()
+    model = ExampleVAE().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     with tempfile.TemporaryDirectory() as root:
-        return _example_epoch(model, opt, example_dataset(x, y, root), batch_size)
+        return _example_epoch(model, opt, example_dataset(x, y, root), batch_size, device)
 
 
-def _example_epoch(model, opt, dataset, batch_size: int) -> tuple[float, float]:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
+def _example_epoch(model, opt, dataset, batch_size: int, device: str | torch.device = "cpu") -> tuple[float, float]:
+    # on a GPU, the example's loader settings: one worker process and pinned memory
+    cuda = torch.device(device).type == "cuda"
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                         **(dict(num_workers=1, pin_memory=True) if cuda else {}))
     total, n = 0.0, 0
+    _sync(device)
     t = time.perf_counter()
     for xb, _ in loader:
+        xb = xb.to(device)
         logits, mu, logvar = model(xb)
         bce = F.binary_cross_entropy_with_logits(logits, xb.view(-1, 784), reduction="sum")
         loss = bce + kl_normal(mu, logvar).sum()
@@ -128,25 +144,28 @@ def _example_epoch(model, opt, dataset, batch_size: int) -> tuple[float, float]:
         loss.backward()
         opt.step()
         total, n = total + loss.item(), n + len(xb)
+    _sync(device)
     return time.perf_counter() - t, total / n
 
 
-def aelab_epoch(x, y, batch_size: int) -> tuple[float, float]:
-    """(seconds, mean loss per example) of one epoch of aelab.fit on the same architecture."""
+def aelab_epoch(x, y, batch_size: int, device: str | torch.device = "cpu") -> tuple[float, float]:
+    """(seconds, mean loss per example) of one epoch of aelab.fit on the same architecture (data given on the host)."""
     model = aelab.build("vae", hidden=(400,), latent_dim=20)
+    _sync(device)
     t = time.perf_counter()
-    h = aelab.fit(model, (x, y), epochs=1, batch_size=batch_size, device="cpu", progress=False, log_every=10**9)
+    h = aelab.fit(model, (x, y), epochs=1, batch_size=batch_size, device=device, progress=False, log_every=10**9)
+    _sync(device)
     return time.perf_counter() - t, h.logs[-1]["recon"] + h.logs[-1]["kl"]
 
 
-def vae_measure(quick: bool, side: str) -> list[dict]:
+def vae_measure(quick: bool, side: str, device: str = "cpu") -> list[dict]:
     train = aelab.data.mnist("train")
     n = 10_000 if quick else len(train.x)
     x, y = train.x[:n], train.y[:n]
     aelab.seed_everything(0)
     epoch = baseline_epoch if side == "baseline" else aelab_epoch
-    epoch(x[:512], y[:512], 128)  # warm-up of allocators and kernels
-    seconds, loss = epoch(x, y, 128)
+    epoch(x[:512], y[:512], 128, device)  # warm-up of allocators and kernels
+    seconds, loss = epoch(x, y, 128, device)
     return [_measure("vae", f"MNIST VAE epoch ({n} images, batch 128)", "PyTorch example loop (torchvision MNIST, ToTensor, DataLoader)", "images/s",
                      n / seconds, f"{side}: epoch {seconds:.2f} s, loss/example {loss:.1f}")]
 
@@ -209,8 +228,9 @@ class _NaiveStep(torch.autograd.Function):
 
 def naive_sae_steps(kind: str, x: torch.Tensor, batch: int, steps: int, d_sae: int, k: int,
                     start: nn.Module | None = None) -> float:
-    """Seconds per step of the tutorial loop (after one warm-up step); ``start``: an SAE whose weights it starts from."""
-    model = NaiveSAE(kind, x.shape[1], d_sae, k)
+    """Seconds per step of the tutorial loop (after one warm-up step) on x's device; ``start``: an SAE whose
+    weights it starts from."""
+    model = NaiveSAE(kind, x.shape[1], d_sae, k).to(x.device)
     if start is not None:
         with torch.no_grad():
             for name in ("W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"):
@@ -228,23 +248,28 @@ def naive_sae_steps(kind: str, x: torch.Tensor, batch: int, steps: int, d_sae: i
             model.W_dec.data = model.W_dec / model.W_dec.norm(dim=1, keepdim=True)
 
     step(0)
+    _sync(x.device)
     t = time.perf_counter()
     for i in range(steps):
         step(i + 1)
+    _sync(x.device)
     return (time.perf_counter() - t) / steps
 
 
 def aelab_sae_steps(name: str | nn.Module, x: torch.Tensor, batch: int, steps: int, precision: str, **cfg) -> float:
-    """Seconds per step of ``aelab.fit`` on an initialised SAE (after a warm-up run); ``name`` may be the SAE itself."""
+    """Seconds per step of ``aelab.fit`` on an initialised SAE (after a warm-up run) on x's device; ``name`` may
+    be the SAE itself."""
     if isinstance(name, nn.Module):
-        model = name
+        model = name.to(x.device)
     else:
-        model = aelab.build(name, d_in=x.shape[1], **cfg)
+        model = aelab.build(name, d_in=x.shape[1], **cfg).to(x.device)
         model.initialize(x[:batch])  # b_dec's geometric median is a one-off cost, not a step's
-    fit_kw = dict(batch_size=batch, device="cpu", precision=precision, progress=False, log_every=10**9, shuffle=False)
+    fit_kw = dict(batch_size=batch, device=x.device, precision=precision, progress=False, log_every=10**9, shuffle=False)
     aelab.fit(model, x[:batch], max_steps=1, **fit_kw)
+    _sync(x.device)
     t = time.perf_counter()
     aelab.fit(model, x[: batch * steps], max_steps=steps, **fit_kw)
+    _sync(x.device)
     return (time.perf_counter() - t) / steps
 
 
@@ -268,15 +293,19 @@ def trained_sae(kind: str, x: torch.Tensor, batch: int, d_sae: int, l0: int) -> 
     return model
 
 
-def matmul_seconds(batch: int, d_in: int, d_sae: int, precision: str, reps: int = 5) -> float:
-    """One encoder matmul (batch, d_in) @ (d_in, d_sae) in that precision (autocast for bf16)."""
-    a, b = torch.randn(batch, d_in), torch.randn(d_in, d_sae)
-    cast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+def matmul_seconds(batch: int, d_in: int, d_sae: int, precision: str, reps: int = 5,
+                   device: str | torch.device = "cpu") -> float:
+    """One encoder matmul (batch, d_in) @ (d_in, d_sae) in that precision (autocast for bf16) on ``device``."""
+    device = torch.device(device)
+    a, b = torch.randn(batch, d_in, device=device), torch.randn(d_in, d_sae, device=device)
+    cast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     with cast:
         a @ b
+        _sync(device)
         t = time.perf_counter()
         for _ in range(reps):
             a @ b
+        _sync(device)
     return (time.perf_counter() - t) / reps
 
 
@@ -290,7 +319,7 @@ def saelens_topk_steps(x: torch.Tensor, batch: int, steps: int, d_sae: int, k: i
         if isinstance(e, ModuleNotFoundError) and e.name == "sae_lens":
             return None, "SAELens not measured: sae_lens is not installed here (`make bench-saelens` runs this part where it is)"
         return None, f"SAELens not measured: {type(e).__name__}: {e}".splitlines()[0][:160]
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=x.shape[1], d_sae=d_sae, k=k, device="cpu"))
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=x.shape[1], d_sae=d_sae, k=k, device=str(x.device)))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
 
     def step(i):
@@ -301,20 +330,25 @@ def saelens_topk_steps(x: torch.Tensor, batch: int, steps: int, d_sae: int, k: i
         opt.step()
 
     step(0)
+    _sync(x.device)
     t = time.perf_counter()
     for i in range(steps):
         step(i + 1)
+    _sync(x.device)
     return (time.perf_counter() - t) / steps, f"sae_lens {sae_lens.__version__}"
 
 
-def sae_measure(quick: bool, side: str) -> list[dict]:
+def sae_measure(quick: bool, side: str, device: str = "cpu") -> list[dict]:
     d_in, d_sae, k = 384, 4096, 32
+    cuda = torch.device(device).type == "cuda"
     batch, steps = (1024, 2) if quick else (4096, 8)
     aelab.seed_everything(0)
     toy = aelab.data.toy_features(batch * (steps + 1), 2 * d_sae, sparsity=1 - 16 / (2 * d_sae), d=d_in, seed=0)
-    x = toy.x + 0.01 * torch.randn_like(toy.x)
-    precisions = ["fp32", "bf16"] if aelab.train.bf16_is_fast("cpu") else ["fp32"]
-    mm = {p: matmul_seconds(batch, d_in, d_sae, p) for p in precisions}
+    steps *= 8 if cuda else 1  # a GPU step takes milliseconds: more of them per timing, cycling through the same batches
+    x_host = toy.x + 0.01 * torch.randn_like(toy.x)
+    x = x_host.to(device)
+    precisions = ["fp32", "bf16"] if aelab.train.bf16_is_fast(device) else ["fp32"]
+    mm = {p: matmul_seconds(batch, d_in, d_sae, p, device=device) for p in precisions}
     models = {"topk": ("sae_topk", dict(d_sae=d_sae, k=k)),
               "relu": ("sae_relu", dict(d_sae=d_sae, l1_coefficient=1e-3)),
               "jumprelu": ("sae_jumprelu", dict(d_sae=d_sae))}
@@ -326,19 +360,21 @@ def sae_measure(quick: bool, side: str) -> list[dict]:
             note = f"baseline step = {naive / mm['fp32']:.1f} encoder matmuls (fp32)"
             out += [_measure(f"sae-{kind}-{p}", f"SAE {kind} training, {p} {shape}", "dense tutorial loop, fp32", "tokens/s",
                              batch / naive, note) for p in precisions]
-            out.append(_measure(f"sae-{kind}-allocator", f"ablation: the tutorial {kind} loop with aelab's CPU allocator setting {shape}",
-                                "the same loop, default allocator", "tokens/s", batch / naive, ""))
+            if not cuda:
+                out.append(_measure(f"sae-{kind}-allocator", f"ablation: the tutorial {kind} loop with aelab's CPU allocator setting {shape}",
+                                    "the same loop, default allocator", "tokens/s", batch / naive, ""))
             continue
         for p in precisions:
             ours = seconds[kind, p] = aelab_sae_steps(name, x, batch, steps, p, **cfg)
             out.append(_measure(f"sae-{kind}-{p}", f"SAE {kind} training, {p} {shape}", "dense tutorial loop, fp32", "tokens/s",
                                 batch / ours, f"aelab step = {ours / mm[p]:.1f} encoder matmuls ({p})"))
-        out.append(_measure(f"sae-{kind}-allocator", f"ablation: the tutorial {kind} loop with aelab's CPU allocator setting {shape}",
-                            "the same loop, default allocator", "tokens/s", batch / naive, ""))
+        if not cuda:
+            out.append(_measure(f"sae-{kind}-allocator", f"ablation: the tutorial {kind} loop with aelab's CPU allocator setting {shape}",
+                                "the same loop, default allocator", "tokens/s", batch / naive, ""))
     # ReLU and JumpReLU once training has made the code sparse: the same weights on both sides
     l0 = 64
     for kind in ("relu", "jumprelu"):
-        start = trained_sae(kind, x, batch, d_sae, l0)
+        start = trained_sae(kind, x_host, batch, d_sae, l0).to(device)
         key = f"sae-{kind}-trained-fp32"
         bench_name = f"SAE {kind} training at a trained code's sparsity (L0 about {l0}), fp32 {shape}"
         if side == "baseline":
@@ -363,42 +399,48 @@ def sae_measure(quick: bool, side: str) -> list[dict]:
 
 # -- 3. dSprites and language-model activations -------------------------------------------------------
 
-def dsprites_measure(quick: bool, side: str) -> list[dict]:
+def dsprites_measure(quick: bool, side: str, device: str = "cpu") -> list[dict]:
     n = 1024 if quick else 16384
     x, _ = aelab.data.dsprites().tensors(n, seed=0)
-    precision = "bf16" if aelab.train.bf16_is_fast("cpu") else "fp32"
+    precision = "bf16" if aelab.train.bf16_is_fast(device) else "fp32"
     aelab.seed_everything(0)
     model = aelab.build("beta_vae")
+    _sync(device)
     t = time.perf_counter()
     if side == "baseline":
+        model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         loader = torch.utils.data.DataLoader(_ItemDataset(x, torch.zeros(n)), batch_size=64, shuffle=True)
         for xb, _ in loader:
+            xb = xb.to(device)
             loss = model.loss(xb, model(xb)).total
             opt.zero_grad()
             loss.backward()
             opt.step()
     else:
-        aelab.fit(model, x, epochs=1, batch_size=64, device="cpu", precision=precision, progress=False, log_every=10**9)
+        aelab.fit(model, x, epochs=1, batch_size=64, device=device, precision=precision, progress=False, log_every=10**9)
+    _sync(device)
     seconds = time.perf_counter() - t
     return [_measure("dsprites", f"dSprites conv beta-VAE epoch ({n} images, batch 64)", "DataLoader loop, fp32", "images/s",
                      n / seconds, "" if side == "baseline" else f"aelab in {precision}")]
 
 
-def lm_measure(quick: bool, side: str) -> list[dict]:
+def lm_measure(quick: bool, side: str, device: str = "cpu") -> list[dict]:
     label = "SmolLM2 activation collection"
     try:
         from aelab.data import lm as lm_module
 
-        lm = lm_module.load_lm("smollm2")
+        lm = lm_module.load_lm("smollm2", device=device)
     except Exception as e:  # the module or its weights are missing
         return [_measure("lm", label, "full forward", "tokens/s", None, f"skipped: {type(e).__name__}: {e}".splitlines()[0][:160])]
     n, ctx_len, layer = (4, 64, 6) if quick else (16, 128, 6)
     tokens = torch.randint(0, lm.model.config.vocab_size, (n, ctx_len), generator=torch.Generator().manual_seed(0))
     stop = side == "aelab"
     lm_module.activations(lm, tokens[:1], layer, stop=stop)  # warm-up
+    _sync(device)
     t = time.perf_counter()
     lm_module.activations(lm, tokens, layer, stop=stop)
+    _sync(device)
     seconds = time.perf_counter() - t
     return [_measure("lm", f"SmolLM2 activations, layer {layer} of {lm.n_layers} ({n}x{ctx_len} tokens)", "full forward",
                      "tokens/s", n * ctx_len / seconds, "forward stopped at the hooked layer" if stop else "")]
@@ -434,8 +476,8 @@ BENCHMARKS = {"vae": vae_measure, "sae": sae_measure, "dsprites": dsprites_measu
 SIDES = ("baseline", "aelab")
 
 
-def measure(quick: bool, only: list[str] | None, side: str) -> list[dict]:
-    """Run one side of the selected benchmarks in this process."""
+def measure(quick: bool, only: list[str] | None, side: str, device: str = "cpu") -> list[dict]:
+    """Run one side of the selected benchmarks in this process, on ``device``."""
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     if side == "aelab":
@@ -445,7 +487,7 @@ def measure(quick: bool, only: list[str] | None, side: str) -> list[dict]:
         if only and name not in only:
             continue
         t = time.perf_counter()
-        out += fn(quick, side)
+        out += fn(quick, side, device)
         print(f"[{name}, {side}: {time.perf_counter() - t:.0f} s]", flush=True)
     return out
 
@@ -474,12 +516,31 @@ def merge(baseline: list[dict], ours: list[dict]) -> list[dict]:
         b, o = by_key.get(key), mine.get(key)
         first = b if b is not None and b["benchmark"] else o
         note = "; ".join(m["note"] for m in (b, o) if m is not None and m["note"])
-        rows.append(_row(first["benchmark"], first["baseline"], first["unit"], b and b["value"], o and o["value"], note,
-                         b and b.get("runs", [b["value"]]), o and o.get("runs", [o["value"]])))
+        rows.append({"key": key, **_row(first["benchmark"], first["baseline"], first["unit"], b and b["value"], o and o["value"], note,
+                                        b and b.get("runs", [b["value"]]), o and o.get("runs", [o["value"]]))})
     return rows
 
 
-def run(quick: bool, only: list[str] | None = None, same_process: bool = False, repeats: int = 1) -> list[dict]:
+GPU_GOALS = {
+    "sae-topk-bf16": ("SAE TopK in bf16 (d_in 384, 4096 latents, k 32, batch 4096)", 5e6, "tokens/s"),
+    "vae": ("MNIST VAE epoch in 0.3 s or less (60,000 images)", 60_000 / 0.3, "images/s"),
+}
+"""The course's goals on an H100, as the least aelab rate of a row (key: description, rate, unit)."""
+
+
+def goals(rows: list[dict]) -> list[dict]:
+    """How the rows with a GPU goal compare with it: met, not met, or not measured."""
+    by_key = {r.get("key"): r for r in rows}
+    out = []
+    for key, (what, least, unit) in GPU_GOALS.items():
+        value = by_key[key]["aelab_value"] if key in by_key else None
+        status = "not measured" if value is None else ("met" if value >= least else "not met")
+        out.append({"key": key, "goal": what, "least": least, "unit": unit, "aelab_value": value, "status": status})
+    return out
+
+
+def run(quick: bool, only: list[str] | None = None, same_process: bool = False, repeats: int = 1,
+        device: str = "cpu") -> list[dict]:
     """Both sides and their rows: each side in a fresh Python process (``same_process``: both here,
     baseline first), ``repeats`` times, alternating the sides; each side's median run (``median_run``)."""
     if repeats < 1:
@@ -491,18 +552,18 @@ def run(quick: bool, only: list[str] | None = None, same_process: bool = False, 
                 if repeats > 1:
                     print(f"[run {r + 1} of {repeats}, {side}]", flush=True)
                 if same_process:
-                    sides[side].append(measure(quick, only, side))
+                    sides[side].append(measure(quick, only, side, device))
                     continue
                 path = os.path.join(tmp, f"{side}.json")
-                cmd = [sys.executable, "-m", "aelab.bench", "--side", side, "--json", path, *(["--quick"] if quick else []),
-                       *(["--only", *only] if only else [])]
+                cmd = [sys.executable, "-m", "aelab.bench", "--side", side, "--json", path, "--device", device,
+                       *(["--quick"] if quick else []), *(["--only", *only] if only else [])]
                 subprocess.run(cmd, check=True)
                 with open(path) as f:
                     sides[side].append(json.load(f))
     return merge(median_run(sides["baseline"]), median_run(sides["aelab"]))
 
 
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     """Where the numbers come from."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -512,8 +573,9 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "device": "cpu", "bf16_is_fast": aelab.train.bf16_is_fast("cpu")}
+            "device": name, "bf16_is_fast": aelab.train.bf16_is_fast(device)}
 
 
 def markdown(rows: list[dict], info: dict) -> str:
@@ -537,23 +599,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
     parser.add_argument("--same-process", action="store_true", help="measure both sides in this process (baseline first)")
     parser.add_argument("--repeats", type=int, help="runs of each side, alternating; the table gives medians (default 3, --quick 1)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides run (default cpu)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one side, for run(): writes measurements to --json
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False); "
+                     "run it on a machine with an NVIDIA GPU and its driver, or leave --device out to measure the CPU")
     if args.side:
-        measurements = measure(args.quick, args.only, args.side)
+        measurements = measure(args.quick, args.only, args.side, args.device)
         with open(args.json, "w") as f:
             json.dump(measurements, f)
         return
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     if repeats < 1:
         parser.error(f"--repeats must be at least 1, got {repeats}")
-    rows = run(args.quick, args.only, args.same_process, repeats)
-    info = {**machine(), "runs per side": repeats}
+    rows = run(args.quick, args.only, args.same_process, repeats, args.device)
+    info = {**machine(args.device), "runs per side": repeats}
     print()
     print(markdown(rows, info))
+    checks = goals(rows) if args.device == "cuda" else []
+    if checks:
+        print("\nGoals on an H100:")
+        for g in checks:
+            got = "—" if g["aelab_value"] is None else f"{g['aelab_value']:,.0f} {g['unit']}"
+            print(f"- {g['goal']}: at least {g['least']:,.0f} {g['unit']}; measured {got}: {g['status']}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "quick": args.quick, "results": rows}, f, indent=2)
+            json.dump({"machine": info, "quick": args.quick, "results": rows, "goals": checks}, f, indent=2)
         print(f"\nwritten to {args.json}")
 
 

@@ -55,7 +55,7 @@ def test_trained_start_is_sparse_deterministic_and_shared_by_the_baseline(kind):
 
 
 def test_table_and_json(tmp_path, monkeypatch, capsys):
-    def fake(quick, side):
+    def fake(quick, side, device):
         value = 10.0 if side == "baseline" else 25.0
         return [bench._measure("fake", "fake", "slow loop", "items/s", value, "a note" if side == "aelab" else ""),
                 bench._measure("skipped", "skipped", "other", "items/s", None, "skipped: no weights" if side == "aelab" else "")]
@@ -74,7 +74,7 @@ def test_table_and_json(tmp_path, monkeypatch, capsys):
 
 def test_one_side_writes_its_measurements(tmp_path, monkeypatch):
     sides = []
-    monkeypatch.setattr(bench, "BENCHMARKS", {"fake": lambda quick, side: sides.append(side) or [bench._measure("k", "b", "base", "u", 1.0, "")]})
+    monkeypatch.setattr(bench, "BENCHMARKS", {"fake": lambda quick, side, device: sides.append(side) or [bench._measure("k", "b", "base", "u", 1.0, "")]})
     out = tmp_path / "side.json"
     bench.main(["--side", "baseline", "--json", str(out)])
     assert sides == ["baseline"] and json.loads(out.read_text())[0]["value"] == 1.0
@@ -105,7 +105,7 @@ def test_repeats_alternate_the_sides_and_report_medians_with_the_range(tmp_path,
     calls = []
     values = {"baseline": iter([10.0, 14.0, 12.0]), "aelab": iter([25.0, 21.0, 36.0])}
 
-    def fake(quick, side):
+    def fake(quick, side, device):
         calls.append(side)
         return [bench._measure("fake", "fake", "slow loop", "items/s", next(values[side]), "")]
 
@@ -138,3 +138,51 @@ def test_saelens_row_says_why_when_it_is_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "sae_lens", None)  # import sae_lens raises ImportError
     seconds, why = bench.saelens_topk_steps(torch.randn(8, 4), batch=4, steps=1, d_sae=16, k=2)
     assert seconds is None and why.startswith("SAELens not measured: ") and "make bench-saelens" in why
+
+
+def test_cuda_runs_both_sides_there_and_checks_the_gpu_goals(tmp_path, monkeypatch, capsys):
+    devices = []
+
+    def fake(quick, side, device):
+        devices.append(device)
+        fast = side == "aelab"
+        return [bench._measure("sae-topk-bf16", "topk", "loop", "tokens/s", 6e6 if fast else 1e6, ""),
+                bench._measure("vae", "vae", "loop", "images/s", 1e5 if fast else 5e4, "")]
+
+    monkeypatch.setattr(bench, "BENCHMARKS", {"fake": fake})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench, "machine", lambda device="cpu": {"device": "a GPU"})
+    out = tmp_path / "gpu.json"
+    bench.main(["--quick", "--same-process", "--device", "cuda", "--json", str(out)])
+    assert devices == ["cuda", "cuda"]
+    text = capsys.readouterr().out
+    assert "Goals on an H100:" in text
+    assert "at least 5,000,000 tokens/s; measured 6,000,000 tokens/s: met" in text
+    assert "at least 200,000 images/s; measured 100,000 images/s: not met" in text
+    saved = json.loads(out.read_text())
+    assert [g["status"] for g in saved["goals"]] == ["met", "not met"]
+
+
+def test_goals_say_what_was_not_measured():
+    rows = bench.merge([], [bench._measure("vae", "vae", "loop", "images/s", 3e5, "")])
+    assert [g["status"] for g in bench.goals(rows)] == ["not measured", "met"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where there is no GPU")
+def test_cuda_without_a_gpu_says_so(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--device", "cuda"])
+    assert "torch sees no CUDA device here" in capsys.readouterr().err
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sae_timers_run_on_the_device_of_the_data(device):
+    x = torch.randn(3 * 64, 16, device=device)
+    assert bench.matmul_seconds(64, 16, 128, "fp32", reps=1, device=device) > 0
+    assert bench.naive_sae_steps("topk", x, 64, 2, 128, 4) > 0
+    model = aelab.build("sae_topk", d_in=16, d_sae=128, k=4)
+    assert bench.aelab_sae_steps(model, x, 64, 2, "fp32") > 0
+    assert next(model.parameters()).device.type == device
