@@ -30,6 +30,7 @@ from aelab.functional import (
     squared_error,
     topk_activation,
 )
+from aelab.sae.base import SAE
 from aelab.train.loop import StepContext
 
 
@@ -565,3 +566,15 @@ def test_save_folds_the_normalisation_and_leaves_the_live_model_alone(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded(x).recon, model(x).recon, atol=1e-4)
         assert torch.equal(loaded(x).acts != 0, model(x).acts != 0)
+
+
+def test_after_step_puts_the_decoder_rows_back_on_the_sphere_as_f_normalize_does():
+    torch.manual_seed(0)
+    model = build("sae_topk")
+    with torch.no_grad():
+        model.W_dec.mul_(torch.rand(model.W_dec.shape[0], 1) * 3)
+        model.W_dec[0] = 0.0  # a zero row stays zero
+    want = F.normalize(model.W_dec.detach(), dim=1)
+    x = torch.randn(4, 8)
+    SAE.after_step(model, x, model(x), None)
+    assert torch.equal(model.W_dec.detach(), want)

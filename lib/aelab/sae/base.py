@@ -252,7 +252,8 @@ class SAE(Model):
     def after_step(self, x: Tensor, out: SAEOutput, ctx) -> None:
         """Non-gradient updates after the optimiser step: decoder renormalisation, firing counters."""
         if self.config.unit_norm_decoder:
-            self.W_dec.copy_(F.normalize(self.W_dec, dim=1))
+            # F.normalize(W_dec, dim=1) written in place: the same division, one pass instead of a new tensor and a copy
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
         self.steps_since_fired.add_(1).masked_fill_(distributed.any_across(code_fired(out)), 0)
 
     def train_step(self, batch: Any, ctx) -> Loss:
