@@ -114,10 +114,12 @@ def example_dataset(x, y, root: str):
     return datasets.MNIST(root, train=True, download=False, transform=transforms.ToTensor())
 
 
-def _sync(device: str | torch.device) -> None:
-    """Wait for the device's queued work, so that a timer reads the work done (a no-op on a CPU)."""
+def _clock(device: str | torch.device) -> float:
+    """``time.perf_counter()`` once the device's queued work is done, so that a difference of two
+    readings times the work between them (on a CPU, the plain clock)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def baseline_epoch(x, y, batch_size: int, device: str | torch.device = "cpu") -> tuple[float, float]:
@@ -134,8 +136,7 @@ def _example_epoch(model, opt, dataset, batch_size: int, device: str | torch.dev
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
                                          **(dict(num_workers=1, pin_memory=True) if cuda else {}))
     total, n = 0.0, 0
-    _sync(device)
-    t = time.perf_counter()
+    t = _clock(device)
     for xb, _ in loader:
         xb = xb.to(device)
         logits, mu, logvar = model(xb)
@@ -145,18 +146,15 @@ def _example_epoch(model, opt, dataset, batch_size: int, device: str | torch.dev
         loss.backward()
         opt.step()
         total, n = total + loss.item(), n + len(xb)
-    _sync(device)
-    return time.perf_counter() - t, total / n
+    return _clock(device) - t, total / n
 
 
 def aelab_epoch(x, y, batch_size: int, device: str | torch.device = "cpu") -> tuple[float, float]:
     """(seconds, mean loss per example) of one epoch of aelab.fit on the same architecture (data given on the host)."""
     model = aelab.build("vae", hidden=(400,), latent_dim=20)
-    _sync(device)
-    t = time.perf_counter()
+    t = _clock(device)
     h = aelab.fit(model, (x, y), epochs=1, batch_size=batch_size, device=device, progress=False, log_every=10**9)
-    _sync(device)
-    return time.perf_counter() - t, h.logs[-1]["recon"] + h.logs[-1]["kl"]
+    return _clock(device) - t, h.logs[-1]["recon"] + h.logs[-1]["kl"]
 
 
 def vae_measure(quick: bool, side: str, device: str = "cpu") -> list[dict]:
@@ -249,12 +247,10 @@ def naive_sae_steps(kind: str, x: torch.Tensor, batch: int, steps: int, d_sae: i
             model.W_dec.data = model.W_dec / model.W_dec.norm(dim=1, keepdim=True)
 
     step(0)
-    _sync(x.device)
-    t = time.perf_counter()
+    t = _clock(x.device)
     for i in range(steps):
         step(i + 1)
-    _sync(x.device)
-    return (time.perf_counter() - t) / steps
+    return (_clock(x.device) - t) / steps
 
 
 def aelab_sae_steps(name: str | nn.Module, x: torch.Tensor, batch: int, steps: int, precision: str, **cfg) -> float:
@@ -267,11 +263,9 @@ def aelab_sae_steps(name: str | nn.Module, x: torch.Tensor, batch: int, steps: i
         model.initialize(x[:batch])  # b_dec's geometric median is a one-off cost, not a step's
     fit_kw = dict(batch_size=batch, device=x.device, precision=precision, progress=False, log_every=10**9, shuffle=False)
     aelab.fit(model, x[:batch], max_steps=1, **fit_kw)
-    _sync(x.device)
-    t = time.perf_counter()
+    t = _clock(x.device)
     aelab.fit(model, x[: batch * steps], max_steps=steps, **fit_kw)
-    _sync(x.device)
-    return (time.perf_counter() - t) / steps
+    return (_clock(x.device) - t) / steps
 
 
 def trained_sae(kind: str, x: torch.Tensor, batch: int, d_sae: int, l0: int) -> nn.Module:
@@ -306,11 +300,9 @@ def matmul_seconds(batch: int, d_in: int, d_sae: int, precision: str, reps: int 
     with cast:
         a @ b
         for _ in range(reps):
-            _sync(device)
-            t = time.perf_counter()
+            t = _clock(device)
             a @ b
-            _sync(device)
-            best = min(best, time.perf_counter() - t)
+            best = min(best, _clock(device) - t)
     return best
 
 
@@ -335,12 +327,10 @@ def saelens_topk_steps(x: torch.Tensor, batch: int, steps: int, d_sae: int, k: i
         opt.step()
 
     step(0)
-    _sync(x.device)
-    t = time.perf_counter()
+    t = _clock(x.device)
     for i in range(steps):
         step(i + 1)
-    _sync(x.device)
-    return (time.perf_counter() - t) / steps, f"sae_lens {sae_lens.__version__}"
+    return (_clock(x.device) - t) / steps, f"sae_lens {sae_lens.__version__}"
 
 
 def sae_measure(quick: bool, side: str, device: str = "cpu") -> list[dict]:
@@ -360,6 +350,14 @@ def sae_measure(quick: bool, side: str, device: str = "cpu") -> list[dict]:
         in_mm.append((measurement, step, p, template))
         return measurement
 
+    def allocator_row(kind: str, naive: float) -> list[dict]:
+        """The tutorial loop's rate, as each side's process measured it (the aelab side's runs under the
+        allocator setting); on a GPU, where the setting does nothing, no row."""
+        if cuda:
+            return []
+        return [_measure(f"sae-{kind}-allocator", f"ablation: the tutorial {kind} loop with aelab's CPU allocator setting {shape}",
+                         "the same loop, default allocator", "tokens/s", batch / naive, "")]
+
     models = {"topk": ("sae_topk", dict(d_sae=d_sae, k=k)),
               "relu": ("sae_relu", dict(d_sae=d_sae, l1_coefficient=1e-3)),
               "jumprelu": ("sae_jumprelu", dict(d_sae=d_sae))}
@@ -371,17 +369,13 @@ def sae_measure(quick: bool, side: str, device: str = "cpu") -> list[dict]:
             out += [steps_note(_measure(f"sae-{kind}-{p}", f"SAE {kind} training, {p} {shape}", "dense tutorial loop, fp32",
                                         "tokens/s", batch / naive, ""), naive, "fp32", "baseline step = {} encoder matmuls (fp32)")
                     for p in precisions]
-            if not cuda:
-                out.append(_measure(f"sae-{kind}-allocator", f"ablation: the tutorial {kind} loop with aelab's CPU allocator setting {shape}",
-                                    "the same loop, default allocator", "tokens/s", batch / naive, ""))
+            out += allocator_row(kind, naive)
             continue
         for p in precisions:
             ours = seconds[kind, p] = aelab_sae_steps(name, x, batch, steps, p, **cfg)
             out.append(steps_note(_measure(f"sae-{kind}-{p}", f"SAE {kind} training, {p} {shape}", "dense tutorial loop, fp32",
                                            "tokens/s", batch / ours, ""), ours, p, f"aelab step = {{}} encoder matmuls ({p})"))
-        if not cuda:
-            out.append(_measure(f"sae-{kind}-allocator", f"ablation: the tutorial {kind} loop with aelab's CPU allocator setting {shape}",
-                                "the same loop, default allocator", "tokens/s", batch / naive, ""))
+        out += allocator_row(kind, naive)
     # ReLU and JumpReLU once training has made the code sparse: the same weights on both sides
     l0 = 64
     for kind in ("relu", "jumprelu"):
@@ -420,8 +414,7 @@ def dsprites_measure(quick: bool, side: str, device: str = "cpu") -> list[dict]:
     precision = "bf16" if aelab.train.bf16_is_fast(device) else "fp32"
     aelab.seed_everything(0)
     model = aelab.build("beta_vae")
-    _sync(device)
-    t = time.perf_counter()
+    t = _clock(device)
     if side == "baseline":
         model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -434,8 +427,7 @@ def dsprites_measure(quick: bool, side: str, device: str = "cpu") -> list[dict]:
             opt.step()
     else:
         aelab.fit(model, x, epochs=1, batch_size=64, device=device, precision=precision, progress=False, log_every=10**9)
-    _sync(device)
-    seconds = time.perf_counter() - t
+    seconds = _clock(device) - t
     return [_measure("dsprites", f"dSprites conv beta-VAE epoch ({n} images, batch 64)", "DataLoader loop, fp32", "images/s",
                      n / seconds, "" if side == "baseline" else f"aelab in {precision}")]
 
@@ -452,11 +444,9 @@ def lm_measure(quick: bool, side: str, device: str = "cpu") -> list[dict]:
     tokens = torch.randint(0, lm.model.config.vocab_size, (n, ctx_len), generator=torch.Generator().manual_seed(0))
     stop = side == "aelab"
     lm_module.activations(lm, tokens[:1], layer, stop=stop)  # warm-up
-    _sync(device)
-    t = time.perf_counter()
+    t = _clock(device)
     lm_module.activations(lm, tokens, layer, stop=stop)
-    _sync(device)
-    seconds = time.perf_counter() - t
+    seconds = _clock(device) - t
     return [_measure("lm", f"SmolLM2 activations, layer {layer} of {lm.n_layers} ({n}x{ctx_len} tokens)", "full forward",
                      "tokens/s", n * ctx_len / seconds, "forward stopped at the hooked layer" if stop else "")]
 
