@@ -389,6 +389,62 @@ def test_fused_adam_steps_like_the_default():
     assert not aelab.train.optim.fused_is_supported([torch.zeros(2, dtype=torch.long)])
 
 
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("grad_layout", ["like the parameter", "row-major"])
+def test_fused_adam_updates_a_transposed_parameter_in_place_whatever_the_gradient_layout(amsgrad, grad_layout):
+    """A latent-major W_enc (a clone of W_dec^T) takes the update of torch's unfused Adam, in its own memory:
+    no copy in the step when the gradient is laid out like it; a row-major gradient set by hand is
+    copied into that layout first (torch's fused kernel alone would pair the wrong elements)."""
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    start = torch.randn(64, 48)
+    grads = torch.randn(4, 48, 64)
+    params = {}
+    for fused in (False, True):
+        w = torch.nn.Parameter(start.clone().T)  # (48, 64), strides (1, 48)
+        kw = dict(lr=0.1, amsgrad=amsgrad, weight_decay=0.01)
+        opt = aelab.train.optim.adam([w], fused=True, **kw) if fused else torch.optim.Adam([w], fused=False, foreach=False, **kw)
+        ptr = w.data_ptr()
+        for step, g in enumerate(grads):
+            w.grad = g.T.contiguous().T if grad_layout == "like the parameter" else g.clone()
+            if fused and step == len(grads) - 1:
+                with profile(record_shapes=True) as prof:
+                    opt.step()
+                copies = [e.name for e in prof.events() if e.name in ("aten::copy_", "aten::clone")
+                          and [48, 64] in e.input_shapes]  # not the scalar step counter's
+                assert bool(copies) == (grad_layout == "row-major"), copies
+            else:
+                opt.step()
+        assert w.stride() == (1, 48) and w.data_ptr() == ptr
+        if fused:
+            assert all(t.stride() == w.stride() for t in opt.state[w].values() if t.dim() == 2)
+        params[fused] = w.detach().clone()
+    torch.testing.assert_close(params[True], params[False], rtol=1e-5, atol=1e-6)
+
+
+def test_fused_adam_takes_a_state_laid_out_unlike_its_parameter():
+    """A state_dict from torch's Adam on a row-major copy of the parameter (a checkpoint from elsewhere) loads
+    into the fused Adam of a latent-major one, and the next steps are the same as torch's unfused ones."""
+    torch.manual_seed(0)
+    start, grads = torch.randn(16, 32), torch.randn(3, 16, 32)
+    ref = torch.nn.Parameter(start.clone())
+    ref_opt = torch.optim.Adam([ref], lr=0.05, fused=False, foreach=False)
+    ref.grad = grads[0].clone()
+    ref_opt.step()
+    w = torch.nn.Parameter(ref.detach().T.contiguous().T)  # the same values, latent-major
+    ours = aelab.train.optim.adam([w], lr=0.05)
+    ours.load_state_dict(copy.deepcopy(ref_opt.state_dict()))  # a copy, as from a file: not the same tensors
+    ours.param_groups[0]["fused"] = True  # load_state_dict brought the reference's options along
+    assert isinstance(ours, torch.optim.Adam) and ours.state[w]["exp_avg"].stride() != w.stride()
+    for g in grads[1:]:
+        ref.grad, w.grad = g.clone(), g.T.contiguous().T
+        ref_opt.step()
+        ours.step()
+    torch.testing.assert_close(w.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
+    assert ours.state[w]["exp_avg"].stride() == w.stride()
+
+
 def test_cpu_allocator_tuning_is_idempotent_and_can_be_refused(monkeypatch):
     from aelab.train import optim
 
