@@ -423,6 +423,23 @@ def test_fused_adam_updates_a_transposed_parameter_in_place_whatever_the_gradien
     torch.testing.assert_close(params[True], params[False], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("grad_format", [torch.channels_last, torch.contiguous_format])
+def test_fused_adam_steps_a_channels_last_conv_weight_like_the_default(grad_format):
+    """A channels-last (N, C, H, W) weight reaches the fused kernel as its (N, H, W, C) view: the same update."""
+    torch.manual_seed(0)
+    start, grads = torch.randn(8, 4, 3, 3), torch.randn(3, 8, 4, 3, 3)
+    out = {}
+    for fused in (False, True):
+        w = torch.nn.Parameter(start.clone().to(memory_format=torch.channels_last))
+        opt = aelab.train.optim.adam([w], lr=0.1) if fused else torch.optim.Adam([w], lr=0.1, fused=False, foreach=False)
+        for g in grads:
+            w.grad = g.contiguous(memory_format=grad_format)
+            opt.step()
+        assert w.is_contiguous(memory_format=torch.channels_last)
+        out[fused] = w.detach().clone()
+    torch.testing.assert_close(out[True], out[False], rtol=1e-5, atol=1e-6)
+
+
 def test_fused_adam_takes_a_state_laid_out_unlike_its_parameter():
     """A state_dict from torch's Adam on a row-major copy of the parameter (a checkpoint from elsewhere) loads
     into the fused Adam of a latent-major one, and the next steps are the same as torch's unfused ones."""

@@ -65,17 +65,17 @@ class Adam(torch.optim.Adam):
         has_complex = super()._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
         if not group["fused"]:
             return has_complex
-        amsgrad = group["amsgrad"]
+        moments = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+        if group["amsgrad"]:
+            moments["max_exp_avg_sq"] = max_exp_avg_sqs
         for i, p in enumerate(params):
-            state = self.state[p]
             grads[i] = _like(grads[i], p)
-            keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
-            for key, lst in zip(keys, (exp_avgs, exp_avg_sqs, max_exp_avg_sqs)):
-                state[key] = lst[i] = _like(state[key], p)
+            for key, lst in moments.items():
+                self.state[p][key] = lst[i] = _like(self.state[p][key], p)
             order = _memory_order(p)
             if order is not None:
                 params[i], grads[i] = p.permute(order), grads[i].permute(order)
-                for lst in (exp_avgs, exp_avg_sqs, max_exp_avg_sqs) if amsgrad else (exp_avgs, exp_avg_sqs):
+                for lst in moments.values():
                     lst[i] = lst[i].permute(order)
         return has_complex
 
