@@ -68,10 +68,13 @@ class Adam(torch.optim.Adam):
         moments = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
         if group["amsgrad"]:
             moments["max_exp_avg_sq"] = max_exp_avg_sqs
-        for i, p in enumerate(params):
-            grads[i] = _like(grads[i], p)
-            for key, lst in moments.items():
-                self.state[p][key] = lst[i] = _like(self.state[p][key], p)
+        for i, p in enumerate(params):  # every step: only stride comparisons unless a layout differs
+            stride = p.stride()
+            if grads[i].stride() != stride:
+                grads[i] = _like(grads[i], p)
+            for key, lst in moments.items():  # lst[i] is self.state[p][key]: replaced there once, for good
+                if lst[i].stride() != stride:
+                    self.state[p][key] = lst[i] = _like(lst[i], p)
             order = _memory_order(p)
             if order is not None:
                 params[i], grads[i] = p.permute(order), grads[i].permute(order)
