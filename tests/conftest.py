@@ -29,3 +29,16 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 def repo() -> Path:
     """The repository root."""
     return REPO
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped, with the reason, where torch sees no CUDA device."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    import torch  # only when a GPU test was collected: the grading and notebook tests alone do not need it
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="no CUDA device on this machine")
+        for item in gpu:
+            item.add_marker(skip)

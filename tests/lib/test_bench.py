@@ -175,7 +175,7 @@ def test_cuda_without_a_gpu_says_so(capsys):
     assert "torch sees no CUDA device here" in capsys.readouterr().err
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 @pytest.mark.parametrize("device", DEVICES)

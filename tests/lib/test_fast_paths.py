@@ -511,7 +511,6 @@ def test_bf16_autocast_gives_the_fp32_loss_within_bf16_precision(name, cfg):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_paths_match_the_cpu():
     torch.manual_seed(0)
     model = aelab.build("sae_topk", d_in=16, d_sae=256, k=4)
@@ -535,7 +534,6 @@ def test_cuda_paths_match_the_cpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 @pytest.mark.parametrize("name", ["sae_topk", "sae_relu", "sae_jumprelu"])
 def test_cuda_sae_steps_match_the_cpu(name):
     """One training step of each fast SAE path (sparse TopK kernels, fused ReLU / JumpReLU) on CUDA, fused Adam included."""

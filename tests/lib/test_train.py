@@ -193,7 +193,6 @@ def test_budget_device_seed(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_fit_on_cuda_matches_interface():
     model = small_vae()
     h = aelab.fit(model, data()[0], epochs=1, batch_size=32, device="cuda", precision="bf16", progress=False)
