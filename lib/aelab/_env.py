@@ -13,6 +13,7 @@ import torch
 T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def seed_everything(seed: int = 0) -> int:
@@ -28,6 +29,12 @@ def seed_everything(seed: int = 0) -> int:
 def is_fast() -> bool:
     """True when ``AELAB_FAST`` is set to 1/true/yes/on (tests and CI run notebooks this way)."""
     return os.environ.get("AELAB_FAST", "").strip().lower() in _TRUE
+
+
+def bf16_allowed() -> bool:
+    """False when ``AELAB_BF16`` is set to 0/false/no/off: ``aelab.train.bf16_is_fast()`` then says False
+    everywhere, so lectures train in fp32 (as on a CPU without native bf16)."""
+    return os.environ.get("AELAB_BF16", "").strip().lower() not in _FALSE
 
 
 def budget(full: T, fast: T) -> T:

@@ -9,6 +9,11 @@ explorers show their starting image in a static viewer), and writes the wall tim
     python -m aelab.lectures 02 03                # the lectures whose names start with 02, 03
     AELAB_FAST=1 python -m aelab.lectures --no-write 02   # a quick check, notebook left untouched
     python -m aelab.lectures --timings-only       # time every lecture, notebooks left untouched
+    python -m aelab.lectures --avx2               # time them as on a laptop CPU (lectures/timings_avx2.json)
+
+``--avx2`` runs the kernels with torch, oneDNN and MKL limited to AVX2 and with ``AELAB_BF16=0`` (fp32
+training): on a server CPU with AVX-512 and AMX, the speed a student's laptop without either gets
+from the same cores. It never writes the notebooks.
 
 A cell that raises stops the run with the cell's error; the notebook file is then left unchanged.
 """
@@ -38,8 +43,18 @@ def find(root: Path, prefixes: list[str]) -> list[Path]:
     return found
 
 
-def execute(path: Path, write: bool = True, timeout: int = 1800) -> float:
-    """Run one notebook top to bottom in a fresh kernel (cwd = its folder); return the wall time in seconds."""
+AVX2_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN: convolutions, bf16 and some fp32 products
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL's matrix products
+    "AELAB_BF16": "0",  # aelab.train.bf16_is_fast() says False: the lectures train in fp32
+}
+"""The kernel environment of ``--avx2``: a CPU with AVX2 and nothing newer, as most laptops have."""
+
+
+def execute(path: Path, write: bool = True, timeout: int = 1800, env: dict[str, str] | None = None) -> float:
+    """Run one notebook top to bottom in a fresh kernel (cwd = its folder), with ``env`` added to the
+    kernel's environment; return the wall time in seconds."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -47,7 +62,7 @@ def execute(path: Path, write: bool = True, timeout: int = 1800) -> float:
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
                             store_widget_state=True)
     start = time.perf_counter()
-    client.execute()
+    client.execute(**({"env": {**os.environ, **env}} if env else {}))
     seconds = time.perf_counter() - start
     if write:
         with atomic_open(path, "w") as f:
@@ -62,21 +77,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="execute without saving the notebooks or the timings")
     parser.add_argument("--timings-only", action="store_true",
                         help="save the timings (full mode) but leave the notebooks as they are, e.g. to time a new machine")
+    parser.add_argument("--avx2", action="store_true",
+                        help="time the lectures with torch, oneDNN and MKL limited to AVX2 and in fp32, as on a laptop CPU "
+                             "(lectures/timings_avx2.json; the notebooks are left as they are)")
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     mode = "fast" if os.environ.get("AELAB_FAST", "") not in ("", "0") else "full"
-    timings_file = root / "lectures" / "timings.json"
+    timings_file = root / "lectures" / ("timings_avx2.json" if args.avx2 else "timings.json")
     measured = {}
     for path in find(root, args.lectures):
-        print(f"executing {path.name} ({mode} mode) ...", flush=True)
-        seconds = execute(path, write=not (args.no_write or args.timings_only))
+        print(f"executing {path.name} ({mode} mode{', AVX2, fp32' if args.avx2 else ''}) ...", flush=True)
+        seconds = execute(path, write=not (args.no_write or args.timings_only or args.avx2), env=AVX2_ENV if args.avx2 else None)
         print(f"  {seconds:.0f} s", flush=True)
         measured[path.name] = round(seconds, 1)
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     if not args.no_write and mode == "full":
         # read just before writing, so that two runs of different lectures keep both results
         timings.update(measured)
-        timings["_machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        timings["_machine"] = (f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+                               + (", kernels limited to AVX2, fp32 (--avx2)" if args.avx2 else ""))
         with atomic_open(timings_file, "w") as f:
             json.dump(dict(sorted(timings.items())), f, indent=1)
             f.write("\n")

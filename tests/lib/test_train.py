@@ -221,9 +221,23 @@ def test_drop_last_skips_the_short_batch():
 def test_bf16_is_fast_reads_the_cpu_flags(monkeypatch):
     from aelab.train import precision
 
+    monkeypatch.delenv("AELAB_BF16", raising=False)
     monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
     assert precision.bf16_is_fast("cpu")
     monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     assert not precision.bf16_is_fast("cpu")
     assert not precision.bf16_is_fast("meta")
+
+
+@pytest.mark.parametrize("value, allowed", [("0", False), ("off", False), ("False", False), ("1", True), ("", True)])
+def test_aelab_bf16_0_turns_bf16_off_where_it_would_be_fast(monkeypatch, value, allowed):
+    from aelab.train import precision
+
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setenv("AELAB_BF16", value)
+    assert precision.bf16_is_fast("cpu") is allowed
+    assert precision.bf16_is_fast("cuda") is allowed

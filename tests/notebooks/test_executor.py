@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -44,3 +45,23 @@ def test_timings_only_keeps_the_notebooks(tmp_path, monkeypatch):
     lectures.main(["--root", str(tmp_path), "--timings-only"])
     assert not nbformat.read(tmp_path / "lectures" / "01_a.ipynb", as_version=4).cells[0].outputs
     assert "01_a.ipynb" in json.loads((tmp_path / "lectures" / "timings.json").read_text())
+
+
+def test_avx2_times_lectures_with_kernels_limited_to_avx2_in_fp32(tmp_path, monkeypatch):
+    monkeypatch.delenv("AELAB_FAST", raising=False)
+    monkeypatch.delenv("AELAB_BF16", raising=False)
+    (tmp_path / "lectures").mkdir()
+    probe = "import os, torch, aelab\nprint(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_ENABLE_INSTRUCTIONS'], aelab.train.bf16_is_fast('cpu'))"
+    path = tmp_path / "lectures" / "01_a.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(probe)]), path)
+    (tmp_path / "lectures" / "timings.json").write_text(json.dumps({"01_a.ipynb": 99.0}))
+    assert lectures.main(["--root", str(tmp_path), "--avx2"]) == 0
+    assert not nbformat.read(path, as_version=4).cells[0].outputs, "--avx2 never writes the notebooks"
+    timings = json.loads((tmp_path / "lectures" / "timings_avx2.json").read_text())
+    assert "01_a.ipynb" in timings and "AVX2" in timings["_machine"]
+    assert json.loads((tmp_path / "lectures" / "timings.json").read_text()) == {"01_a.ipynb": 99.0}
+    # what the kernel sees: torch's kernels at AVX2 (or lower on an older CPU), MKL told so, and bf16 off
+    lectures.execute(path, env=lectures.AVX2_ENV)
+    capability, mkl, fast = nbformat.read(path, as_version=4).cells[0].outputs[0]["text"].split()
+    assert capability in ("AVX2", "DEFAULT") and mkl == "AVX2" and fast == "False"
+    assert "AELAB_BF16" not in os.environ and "ATEN_CPU_CAPABILITY" not in os.environ, "the test process is unchanged"

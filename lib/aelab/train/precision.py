@@ -29,9 +29,13 @@ def bf16_is_fast(device: str | torch.device | None = None) -> bool:
 
     Elsewhere bf16 on a CPU is emulated and slower than fp32, so lectures pass
     ``precision="bf16" if bf16_is_fast() else "fp32"`` to ``fit``. ``device`` defaults to ``aelab.device()``.
+    ``AELAB_BF16=0`` in the environment makes it False everywhere (fp32 throughout).
     """
+    from aelab._env import bf16_allowed
     from aelab._env import device as default_device
 
+    if not bf16_allowed():
+        return False
     dev = torch.device(device) if device is not None else default_device()
     if dev.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
