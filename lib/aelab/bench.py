@@ -31,6 +31,10 @@ timer waits for the device to finish, ``torch.cuda.synchronize``), and the table
 H100 goals of the course (``GPU_GOALS``): SAE TopK in bf16 at 5M tokens/s or more, an MNIST VAE
 epoch in 0.3 s or less.
 
+``--avx2`` starts both sides' processes with torch, oneDNN and MKL limited to AVX2 and bf16 off
+(``aelab.train.precision.AVX2_ENV``): on a server CPU, the speed-ups a laptop without AVX-512 or AMX
+would see (fp32 rows only).
+
 A full run measures each side ``--repeats`` times (3; ``--quick``: 1), alternating baseline and
 aelab processes so that a slow spell of a shared machine falls on both; the table gives each
 side's median and their ratio, and with several runs the range of the ratios of the runs
@@ -56,6 +60,7 @@ from torch import nn
 
 import aelab
 from aelab.functional import kl_normal
+from aelab.train.precision import AVX2_ENV
 
 
 class ExampleVAE(nn.Module):
@@ -545,11 +550,14 @@ def goals(rows: list[dict]) -> list[dict]:
 
 
 def run(quick: bool, only: list[str] | None = None, same_process: bool = False, repeats: int = 1,
-        device: str = "cpu") -> list[dict]:
+        device: str = "cpu", avx2: bool = False) -> list[dict]:
     """Both sides and their rows: each side in a fresh Python process (``same_process``: both here,
-    baseline first), ``repeats`` times, alternating the sides; each side's median run (``median_run``)."""
+    baseline first), ``repeats`` times, alternating the sides; each side's median run (``median_run``).
+    ``avx2``: the processes compute as on a laptop CPU (``aelab.train.precision.AVX2_ENV``)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if avx2 and same_process:
+        raise ValueError("avx2 needs a fresh process for each side (the instruction set is fixed when torch loads)")
     sides: dict[str, list[list[dict]]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
@@ -562,7 +570,7 @@ def run(quick: bool, only: list[str] | None = None, same_process: bool = False, 
                 path = os.path.join(tmp, f"{side}.json")
                 cmd = [sys.executable, "-m", "aelab.bench", "--side", side, "--json", path, "--device", device,
                        *(["--quick"] if quick else []), *(["--only", *only] if only else [])]
-                subprocess.run(cmd, check=True)
+                subprocess.run(cmd, check=True, env={**os.environ, **AVX2_ENV} if avx2 else None)
                 with open(path) as f:
                     sides[side].append(json.load(f))
     return merge(median_run(sides["baseline"]), median_run(sides["aelab"]))
@@ -605,6 +613,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--same-process", action="store_true", help="measure both sides in this process (baseline first)")
     parser.add_argument("--repeats", type=int, help="runs of each side, alternating; the table gives medians (default 3, --quick 1)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides run (default cpu)")
+    parser.add_argument("--avx2", action="store_true",
+                        help="run both sides with torch, oneDNN and MKL limited to AVX2 and bf16 off, as on a laptop CPU")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one side, for run(): writes measurements to --json
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -618,8 +628,13 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     if repeats < 1:
         parser.error(f"--repeats must be at least 1, got {repeats}")
-    rows = run(args.quick, args.only, args.same_process, repeats, args.device)
+    if args.avx2 and (args.same_process or args.device == "cuda"):
+        parser.error("--avx2 limits the CPU's instructions in the processes of the two sides: "
+                     "leave out --same-process and --device cuda")
+    rows = run(args.quick, args.only, args.same_process, repeats, args.device, args.avx2)
     info = {**machine(args.device), "runs per side": repeats}
+    if args.avx2:
+        info.update(bf16_is_fast=False, instructions="AVX2 (--avx2: torch, oneDNN and MKL limited to it)")
     print()
     print(markdown(rows, info))
     checks = goals(rows) if args.device == "cuda" else []

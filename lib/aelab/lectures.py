@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from aelab.io import atomic_open
+from aelab.train.precision import AVX2_ENV
 
 
 def find(root: Path, prefixes: list[str]) -> list[Path]:
@@ -41,15 +42,6 @@ def find(root: Path, prefixes: list[str]) -> list[Path]:
         if not found:
             raise SystemExit(f"no lecture matches {prefixes}; lectures are {[p.name for p in (root / 'lectures').glob('*.ipynb')]}")
     return found
-
-
-AVX2_ENV = {
-    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels
-    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN: convolutions, bf16 and some fp32 products
-    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL's matrix products
-    "AELAB_BF16": "0",  # aelab.train.bf16_is_fast() says False: the lectures train in fp32
-}
-"""The kernel environment of ``--avx2``: a CPU with AVX2 and nothing newer, as most laptops have."""
 
 
 def execute(path: Path, write: bool = True, timeout: int = 1800, env: dict[str, str] | None = None) -> float:

@@ -6,6 +6,7 @@ Timings themselves are never asserted: ``make bench`` measures them.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 import aelab
 from aelab import bench
+from aelab.train.precision import AVX2_ENV
 
 
 def test_naive_topk_sae_computes_the_aelab_objective():
@@ -202,3 +204,30 @@ def test_steps_are_given_in_the_faster_of_two_timings_of_the_encoder_product(mon
     steps = "10.0" if side == "baseline" else "3.0"
     assert rows["sae-topk-fp32"]["note"] == f"{side} step = {steps} encoder matmuls (fp32)"
     assert rows["sae-relu-trained-fp32"]["note"].startswith(f"{side} step = {steps} encoder matmuls (fp32)")
+
+
+def test_avx2_starts_both_sides_limited_to_avx2_without_bf16(tmp_path, monkeypatch, capsys):
+    envs = []
+
+    def fake_run(cmd, check, env):
+        envs.append(env)
+        side = cmd[cmd.index("--side") + 1]
+        with open(cmd[cmd.index("--json") + 1], "w") as f:
+            json.dump([bench._measure("fake", "fake", "slow loop", "items/s", 10.0 if side == "baseline" else 30.0, "")], f)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    out = tmp_path / "bench.json"
+    bench.main(["--avx2", "--repeats", "1", "--json", str(out)])
+    assert len(envs) == 2 and all(env[k] == v for env in envs for k, v in AVX2_ENV.items())
+    assert all(env["PATH"] == os.environ["PATH"] for env in envs), "the rest of the environment is kept"
+    assert "| fake | slow loop | items/s | 10.0 | 30.0 | 3.0x |  |" in capsys.readouterr().out
+    machine = json.loads(out.read_text())["machine"]
+    assert machine["bf16_is_fast"] is False and "AVX2" in machine["instructions"]
+    envs.clear()
+    bench.main(["--repeats", "1"])
+    assert envs == [None, None], "without --avx2 the sides inherit the environment as it is"
+    for bad in (["--avx2", "--same-process"], ["--avx2", "--device", "cuda"]):
+        with pytest.raises(SystemExit):
+            bench.main(bad)
+    with pytest.raises(ValueError, match="fresh process"):
+        bench.run(quick=True, same_process=True, avx2=True)

@@ -24,6 +24,18 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+AVX2_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN: convolutions, bf16 and some fp32 products
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL's matrix products
+    "AELAB_BF16": "0",  # bf16_is_fast() says False: fp32 throughout
+}
+"""Environment variables under which a new process computes as on a CPU with AVX2 and nothing newer
+(most laptops): on a server with AVX-512 and AMX, what ``python -m aelab.lectures --avx2`` and
+``python -m aelab.bench --avx2`` give their kernels and processes. Read when torch loads, so they
+act only on processes started with them."""
+
+
 def bf16_is_fast(device: str | torch.device | None = None) -> bool:
     """True where bf16 autocast speeds up matmuls: a CUDA device with bf16 support, or a CPU with AMX / AVX512-BF16.
 
