@@ -54,7 +54,7 @@ def execute(path: Path, write: bool = True, timeout: int = 1800, env: dict[str, 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
                             store_widget_state=True)
     start = time.perf_counter()
-    client.execute(**({"env": {**os.environ, **env}} if env else {}))
+    client.execute(env={**os.environ, **(env or {})})  # without env, the kernel's default: this process's environment
     seconds = time.perf_counter() - start
     if write:
         with atomic_open(path, "w") as f:
