@@ -37,6 +37,13 @@ def bf16_allowed() -> bool:
     return os.environ.get("AELAB_BF16", "").strip().lower() not in _FALSE
 
 
+def host_sync_is_cheap(device: torch.device | str) -> bool:
+    """Whether reading a value of a tensor on ``device`` from Python (``bool``, ``.item()``) costs
+    only the read: True on the CPU. On CUDA it makes the host wait until the device has run all it
+    was given, so training code keeps such checks on the device there (see ``aelab.fit``)."""
+    return torch.device(device).type == "cpu"
+
+
 def budget(full: T, fast: T) -> T:
     """Pick a size for the run: ``fast`` under ``AELAB_FAST=1`` (tests), ``full`` otherwise (students).
 

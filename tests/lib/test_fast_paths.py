@@ -12,6 +12,7 @@ import platform
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import aelab
 from aelab.functional import (heaviside_step, jumprelu, jumprelu_sae_code, l1_penalty, relu_sae_code, sparse_decode,
@@ -550,6 +551,28 @@ def test_cuda_sae_steps_match_the_cpu(name):
         torch.testing.assert_close(q.cpu(), p, rtol=1e-3, atol=1e-4, msg=pname)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["sae_topk", "vae"])
+def test_cuda_training_steps_do_not_wait_for_the_device(name):
+    """CUDA's own check: between the first and the last step of ``fit`` no operation synchronises the host
+    with the device (``torch.cuda.set_sync_debug_mode("error")`` turns any that does into an error)."""
+    aelab.seed_everything(0)
+    model = (aelab.build("sae_topk", d_in=16, d_sae=256, k=4, dead_steps=6) if name == "sae_topk"
+             else aelab.build("vae", input_shape=(12,), hidden=(16,), latent_dim=3))
+    if name == "sae_topk":
+        with torch.no_grad():
+            model.b_enc[:32] = -50.0  # dead after 6 steps: AuxK runs
+
+    def watch(ctx, loss):
+        torch.cuda.set_sync_debug_mode("error" if 0 <= ctx.step < 22 else 0)
+
+    try:
+        aelab.fit(model, torch.randn(512, 16) if name == "sae_topk" else torch.rand(512, 12), max_steps=24, batch_size=32,
+                  log_every=24, progress=False, callbacks=[watch], device="cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
 @pytest.mark.parametrize("kind", ["relu", "jumprelu"])
 def test_dense_code_counts_an_empty_batch(kind):
     W_enc, b_enc, W_dec, b_dec = torch.randn(6, 40), torch.randn(40), torch.randn(40, 6), torch.randn(6)
@@ -603,3 +626,113 @@ def test_weight_grad_is_laid_out_like_the_weight(latent_major):
     torch.testing.assert_close(grad, x.T @ g, rtol=1e-12, atol=1e-12)
     assert grad.stride() == W.stride()
     assert aelab.build("sae_relu", d_in=6, d_sae=40).W_enc.stride() == (1, 6), "SAEs keep W_enc latent-major"
+
+
+class _HostReads(TorchDispatchMode):
+    """Records each operator that reads a tensor's value on the host, or sizes its output by the values
+    (``bool(t)``, ``.item()``, ``nonzero``, ``bincount``, ...): on a CUDA tensor each one makes the host
+    wait until the device has run everything queued before it. Seen at the dispatcher, so the
+    operators of backward passes count too."""
+
+    WAITS = {"_local_scalar_dense", "nonzero", "bincount", "masked_select", "unique", "_unique", "_unique2",
+             "unique_consecutive", "unique_dim", "histc", "repeat_interleave"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.WAITS:
+            self.calls.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def as_on_cuda(monkeypatch):
+    """Run the code paths taken on CUDA, on the CPU: checks stay on the device, torch.topk selects."""
+    monkeypatch.setattr(aelab._env, "host_sync_is_cheap", lambda device: False)
+    monkeypatch.setattr(sparsity, "_row_topk", lambda pre, k: torch.topk(pre, k, dim=-1))
+
+
+@pytest.mark.parametrize("name, cfg", [("sae_topk", dict(k=4)), ("vae", dict(input_shape=(12,), hidden=(16,), latent_dim=3))])
+def test_training_steps_do_not_read_device_values_on_cuda(name, cfg, as_on_cuda):
+    """After the first step, a TopK SAE's or a VAE's training step in ``fit`` reads no tensor value on the
+    host (the CUDA paths, run here on the CPU), also once latents are dead and AuxK runs."""
+    aelab.seed_everything(0)
+    model = aelab.build(name, **({"d_in": 16, "d_sae": 256, "dead_steps": 6} if name == "sae_topk" else {}), **cfg)
+    if name == "sae_topk":
+        assert model.uses_sparse_kernels()
+        with torch.no_grad():
+            model.b_enc[:32] = -50.0  # these never fire: dead after 6 steps, then AuxK runs
+    x = torch.randn(512, 16) if name == "sae_topk" else torch.rand(512, 12)
+    reads = _HostReads()
+    per_step: list[list[str]] = []
+
+    def mark(ctx, loss):
+        per_step.append(list(reads.calls))
+        reads.calls.clear()
+
+    with reads:
+        history = aelab.fit(model, x, max_steps=24, batch_size=32, log_every=24, progress=False, callbacks=[mark], device="cpu")
+    assert len(per_step) == 24
+    assert per_step[1:] == [[]] * 23, [(i, c) for i, c in enumerate(per_step) if c]
+    assert all(torch.isfinite(torch.tensor(list(row.values()))).all() for row in history.logs)
+    if name == "sae_topk":
+        assert model.dead_latents()[:32].all() and history.logs[-1]["auxk"] > 0
+
+
+def test_auxk_is_the_same_when_its_check_stays_on_the_device(monkeypatch):
+    """The CUDA path of AuxK (computed where latents may be dead, times dead.any()) gives the CPU path's
+    losses and parameters, step for step, through the steps where latents die (up to summation order:
+    where AuxK is computed the encoder's backward is the dense one)."""
+    results = []
+    for on_cuda in (False, True):
+        monkeypatch.setattr(aelab._env, "host_sync_is_cheap", lambda device, v=on_cuda: not v)
+        aelab.seed_everything(0)
+        model = aelab.build("sae_topk", d_in=16, d_sae=256, k=4, dead_steps=6)
+        with torch.no_grad():
+            model.b_enc[:32] = -50.0
+        history = aelab.fit(model, torch.randn(512, 16), max_steps=20, batch_size=32, log_every=1, progress=False,
+                            device="cpu")
+        results.append((history.logs, model.state_dict()))
+    (logs, state), (logs_cuda, state_cuda) = results
+    assert [row["auxk"] for row in logs] == [row["auxk"] for row in logs_cuda]
+    assert logs[0]["auxk"] == 0 and logs[-1]["auxk"] > 0
+    for key in state:
+        torch.testing.assert_close(state_cuda[key], state[key], msg=key)
+
+
+def test_non_finite_loss_is_reported_at_its_step_when_the_check_stays_on_the_device(tmp_path, as_on_cuda):
+    """On CUDA the loss check is read at the next log row; the error still names the first bad step,
+    and no checkpoint is written after it."""
+    aelab.seed_everything(0)
+    model = aelab.build("vae", input_shape=(12,), hidden=(16,), latent_dim=3)
+    calls = []
+    original = type(model).loss
+
+    def loss(self, batch, out):
+        result = original(self, batch, out)
+        calls.append(1)
+        if len(calls) in (7, 9):
+            result.total = result.total * float("inf")
+        return result
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(type(model), "loss", loss)
+    x = torch.rand(40, 12)  # 4 steps an epoch
+    try:
+        with pytest.raises(aelab.train.NonFiniteLossError, match=r"became (inf|nan) at step 6 \(epoch 1\); no checkpoint"):
+            aelab.fit(model, x, epochs=5, batch_size=10, log_every=5, progress=False, device="cpu")
+        assert len(calls) == 10, "stopped at the log row after the bad step"
+        calls.clear()
+        aelab.seed_everything(0)
+        model = aelab.build("vae", input_shape=(12,), hidden=(16,), latent_dim=3)  # the first has non-finite weights now
+        ckpt = tmp_path / "c.safetensors"
+        with pytest.raises(aelab.train.NonFiniteLossError, match=r"became (inf|nan) at step 6 \(epoch 1\); the last good checkpoint"):
+            aelab.fit(model, x, epochs=5, batch_size=10, log_every=5, checkpoint=ckpt, progress=False, device="cpu")
+        assert len(calls) == 8, "stopped before the checkpoint of epoch 1"
+        kept = aelab.build("vae", input_shape=(12,), hidden=(16,), latent_dim=3)
+        assert aelab.train.checkpoint.load_checkpoint(ckpt, kept, kept.configure_optimizers(1e-3))[0].step == 4
+        assert all(torch.isfinite(p).all() for p in kept.parameters()), "the checkpoint of epoch 0 is kept"
+    finally:
+        monkeypatch.undo()

@@ -130,7 +130,8 @@ class _ByLatent:
         self.order = torch.argsort(code.latents.to(index), stable=True)
         self.rows = code.examples[self.order].to(index)
         self.crow = torch.zeros(code.d_sae + 1, dtype=index, device=code.latents.device)
-        self.crow[1:] = torch.cumsum(torch.bincount(code.latents, minlength=code.d_sae), 0)
+        # entries per latent by an index sum (as fast as bincount on a CPU, which on CUDA reads the largest index first: a wait)
+        self.crow[1:].index_add_(0, code.latents, torch.ones((), dtype=index, device=self.crow.device).expand(code.latents.numel())).cumsum_(0)
 
     def sum(self, weights: Tensor, dense: Tensor) -> Tensor:
         values = weights.flatten()[self.order].to(dense.dtype)
@@ -620,11 +621,12 @@ def dead_topk_activation(pre: Tensor, dead: Tensor, k: int) -> Tensor:
     """
     if dead.shape != pre.shape[-1:]:
         raise ValueError(f"dead must be a (d,) mask for pre-activations of shape {tuple(pre.shape)}, got {tuple(dead.shape)}")
-    n_dead = int(dead.sum())
-    if n_dead == 0 or k < 1:
+    if k < 1:
         return torch.zeros_like(pre)
+    # the live latents are -inf, and ReLU(-inf) = 0: where fewer than k are dead, the extra picks add
+    # zeros, so the count of dead latents is never read (on CUDA that read would make the host wait)
     masked = pre.masked_fill(~dead, float("-inf"))
-    values, indices = torch.topk(masked, min(k, n_dead), dim=-1)
+    values, indices = torch.topk(masked, min(k, pre.shape[-1]), dim=-1)
     return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
 
 

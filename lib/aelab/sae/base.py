@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aelab import _env
 from aelab.functional import geometric_median, remove_parallel_grad, scaled_squared_error
 from aelab.nn.base import Loss, Model
 from aelab.train import distributed
@@ -136,6 +137,65 @@ def code_fired(out) -> Tensor:
     return counts.index_add_(0, out.indices.flatten(), (out.values.detach().flatten() != 0).int()) > 0
 
 
+def _key(t: Tensor) -> tuple[int, int]:
+    """Which tensor object, and how many in-place changes it has seen: equal keys, same values."""
+    return id(t), t._version
+
+
+class _DeadWatch:
+    """Knows on the host that no latent is dead, without making it wait for the device (CUDA).
+
+    After each training step, ``record`` starts a copy of near = (steps_since_fired >= dead_steps -
+    LAG).any() to the host without blocking. If near was False after step t, no latent can be dead
+    before step t + LAG has run (``after_step`` adds at most 1 to a counter), so ``none_dead``
+    answers from a flag of the last LAG steps that the device has already written: the host waits
+    only when it is more than LAG steps ahead. Any other change to the counters (a resample, a
+    ``load_state_dict``, a hand edit, a move to another device) is seen by its tensor version and
+    drops the flags; ``none_dead`` then reads ``dead.any()`` once.
+    """
+
+    LAG = 4
+
+    def __reduce__(self):  # a copy or a pickle starts empty: CUDA events and pinned flags do not travel
+        return _DeadWatch, ()
+
+    def __init__(self):
+        self.flags: list[tuple[int, Any, Any]] = []  # (step count, host bool as a NumPy view, CUDA event or None)
+        self.count, self.key = 0, None
+
+    def record(self, steps_since_fired: Tensor, dead_steps: int, before: tuple[int, int]) -> None:
+        """After ``after_step`` moved the counters from the state with key ``before``."""
+        if before != self.key:
+            self.flags.clear()
+        near = (steps_since_fired >= dead_steps - self.LAG).any()
+        event = None
+        if near.device.type == "cuda":
+            pinned = torch.empty((), dtype=torch.bool, pin_memory=True)
+            pinned.copy_(near, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            near = pinned
+        host = near.numpy()  # a view of host memory: reading it never waits for a device (once the event is done)
+        self.count += 1
+        self.flags = [f for f in self.flags if self.count - f[0] <= self.LAG] + [(self.count, host, event)]
+        self.key = _key(steps_since_fired)
+
+    def none_dead(self, steps_since_fired: Tensor, dead_steps: int) -> bool:
+        """True: no latent is dead now. False: some latent is, or may be (read ``dead_latents()``)."""
+        if _key(steps_since_fired) == self.key:
+            valid = [f for f in self.flags if self.count - f[0] <= self.LAG]
+            if valid:
+                ready = [f for f in valid if f[2] is None or f[2].query()]
+                _, host, event = ready[-1] if ready else valid[0]
+                if event is not None and not ready:
+                    event.synchronize()
+                if not bool(host):
+                    return True
+                if not _env.host_sync_is_cheap(steps_since_fired.device):
+                    return False
+        return not bool((steps_since_fired >= dead_steps).any())
+
+
 class SAE(Model):
     """Base class of the sparse autoencoders: subclasses define ``activation`` and ``loss``."""
 
@@ -151,6 +211,8 @@ class SAE(Model):
         self.register_buffer("input_scale", torch.ones(()))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.register_buffer("steps_since_fired", torch.zeros(config.d_sae, dtype=torch.long))
+        self._dead_watch = _DeadWatch()
+        self._initialized_key: tuple[int, int] | None = None  # the key of ``initialized`` when last read True
 
     # -- the model ---------------------------------------------------------------------------------
     def decoder_weight(self) -> Tensor:
@@ -245,6 +307,15 @@ class SAE(Model):
         """Latents that fired on no example for ``dead_steps`` consecutive training steps, (d_sae,) bool."""
         return self.steps_since_fired >= self.config.dead_steps
 
+    def surely_no_dead_latents(self) -> bool:
+        """True when no latent is dead; False when some latent is, or may be (then read ``dead_latents()``).
+
+        Exact on the CPU. On CUDA it answers from flags the training steps copied to the host
+        (``_DeadWatch``), so it does not make the host wait for the device; there it says False
+        ("may be") within ``_DeadWatch.LAG`` steps of a latent reaching ``dead_steps``.
+        """
+        return self._dead_watch.none_dead(self.steps_since_fired, self.config.dead_steps)
+
     def before_step(self, x: Tensor, ctx) -> None:
         """Hook run before the forward pass of a training step (the k schedule of ``ksparse_ae``)."""
 
@@ -259,14 +330,18 @@ class SAE(Model):
     def train_step(self, batch: Any, ctx) -> Loss:
         """``initialize`` on the first batch, forward, loss with the warmed-up sparsity coefficient, update, ``after_step``."""
         x = self.check_input(self.inputs(batch))
-        if not bool(self.initialized):
-            self.initialize(distributed.all_gather_rows(x))  # the whole batch when processes share it
+        if self._initialized_key != _key(self.initialized):  # read the flag once, not every step (a wait on CUDA)
+            if not bool(self.initialized):
+                self.initialize(distributed.all_gather_rows(x))  # the whole batch when processes share it
+            self._initialized_key = _key(self.initialized)
         self.before_step(x, ctx)
         with ctx.autocast():
             out = ctx.model(*self.forward_args(batch))
             loss = self.loss(batch, out, sparsity_scale=self.sparsity_scale(ctx.step))
         ctx.update(loss.total)
+        before = _key(self.steps_since_fired)
         self.after_step(x, out, ctx)
+        self._dead_watch.record(self.steps_since_fired, self.config.dead_steps, before)
         return loss
 
     # -- export ------------------------------------------------------------------------------------

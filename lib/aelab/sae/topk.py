@@ -83,12 +83,13 @@ class TopKSAE(SAE):
 
     def auxk_loss(self, x: Tensor, out: SAEOutput) -> Tensor:
         """||e - e_hat||^2 per example, summed over d_in on the normalised scale: (B,); zeros when no latent is dead."""
-        dead = self.dead_latents()
-        if not dead.any() or self.config.aux_k == 0:
+        if self.config.aux_k == 0 or self.surely_no_dead_latents():
             return torch.zeros(x.shape[0], device=x.device, dtype=out.recon.dtype)
+        dead = self.dead_latents()
         residual = (self.normalize(x) - self.normalize(out.recon)).detach()
         aux_acts = dead_topk_activation(out.pre_acts, dead, self.config.aux_k)
-        return squared_error(residual, aux_acts @ self.decoder_weight())
+        # times dead.any(): where "may be dead" turns out false (CUDA, without a wait), exactly 0 as above
+        return squared_error(residual, aux_acts @ self.decoder_weight()) * dead.any()
 
     def loss(self, batch, out: SAEOutput, sparsity_scale: float = 1.0) -> Loss:
         """||x - x_hat||^2 + alpha AuxK: summed over d_in, mean over the batch (``sparsity_scale`` is unused).

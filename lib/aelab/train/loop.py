@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from aelab import _env
 from aelab._env import device as default_device
 from aelab.nn.base import Loss
 from aelab.train import distributed
@@ -73,6 +74,42 @@ class StepContext:
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class _LossWatch:
+    """Stops training at the first NaN or infinite loss, naming its step and epoch.
+
+    Where the host can read a device value for free (the CPU) every step is checked at once. On
+    CUDA a check would make the host wait for the device every step, so the first bad step, its
+    epoch and its loss are recorded on the device (three ``torch.where``, no wait), and ``raise_if_bad``
+    reads them at the next log row, evaluation and checkpoint: training stops a few steps later,
+    before a non-finite model is evaluated or saved, with the same message.
+    """
+
+    def __init__(self, dev: torch.device, describe: Callable[[int, int, float], str]):
+        self.describe, self.at_once = describe, _env.host_sync_is_cheap(dev)
+        self.step = torch.full((), -1, dtype=torch.long, device=dev)
+        self.epoch = torch.full((), -1, dtype=torch.long, device=dev)
+        self.value = torch.zeros((), dtype=torch.float32, device=dev)
+        self.unread = False
+
+    def see(self, total: Tensor, step: int, epoch: int) -> None:
+        total = total.detach()
+        if self.at_once:
+            if not torch.isfinite(total):
+                raise NonFiniteLossError(self.describe(step, epoch, total.item()))
+            return
+        first = ~torch.isfinite(total) & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.epoch = torch.where(first, epoch, self.epoch)
+        self.value = torch.where(first, total.float(), self.value)
+        self.unread = True
+
+    def raise_if_bad(self) -> None:
+        if self.unread:
+            self.unread = False
+            if self.step >= 0:
+                raise NonFiniteLossError(self.describe(int(self.step), int(self.epoch), self.value.item()))
 
 
 def _as_tensors(data: Any) -> tuple[tuple[Tensor, ...], Callable[[tuple[Tensor, ...]], Any]] | None:
@@ -144,7 +181,8 @@ def fit(
     On a CPU, ``fit`` keeps freed memory for reuse (``aelab.train.optim.tune_cpu_allocator``; set
     ``AELAB_CPU_ALLOCATOR=default`` to opt out) and models' default Adam is the fused kernel.
 
-    A NaN or infinite loss raises ``NonFiniteLossError`` naming the step and the last good checkpoint.
+    A NaN or infinite loss raises ``NonFiniteLossError`` naming the step and the last good checkpoint
+    (on CUDA at the next log row, so that the host never waits for the device in between).
 
     Under ``torchrun --nproc_per_node N`` the model trains as DistributedDataParallel (see
     ``aelab.train.distributed``): ``batch_size`` is the global batch, each process takes 1/N of it,
@@ -222,16 +260,25 @@ def fit(
         wrapped.register_forward_pre_hook(mark_synced)
     started, seconds_before = time.perf_counter(), history.seconds
 
+    def describe(step: int, epoch: int, value: float) -> str:
+        where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved (pass checkpoint=... to keep one)"
+        return (f"{getattr(model, 'name', 'model')}: the loss became {value} at step {step} (epoch {epoch}); {where}. "
+                "Try a lower learning rate, grad_clip=1.0, or check the data for NaNs.")
+
+    watch = _LossWatch(dev, describe)
+
     def save() -> None:
         nonlocal last_good
         history.seconds = seconds_before + time.perf_counter() - started
         if ckpt_path is not None and distributed.rank() == 0:
+            watch.raise_if_bad()
             save_checkpoint(ckpt_path, model, optimizers, state, history.to_dict(), epoch_rng)
             last_good = ckpt_path
 
     def evaluate() -> None:
         if eval_fn is None:
             return
+        watch.raise_if_bad()
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -244,7 +291,7 @@ def fit(
         if in_memory is not None:
             shuffle_gen.set_state(epoch_rng)
             order = torch.randperm(n, generator=shuffle_gen) if shuffle else torch.arange(n)
-            order = order.to(dev) if on_device else order
+            order = _host_to(order, dev) if on_device else order
             for b in range(state.batch_in_epoch, steps_per_epoch):
                 idx = distributed.shard(order[b * batch_size:(b + 1) * batch_size])
                 yield rebuild(tuple(t.index_select(0, idx) if on_device else _host_to(t[idx], dev) for t in tensors))
@@ -272,12 +319,7 @@ def fit(
                             group["lr"] = group["initial_lr"] * mult
                 ctx.step, ctx.epoch = state.step, state.epoch
                 loss = model.train_step(batch, ctx)
-                if not torch.isfinite(loss.total.detach()):
-                    where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved (pass checkpoint=... to keep one)"
-                    raise NonFiniteLossError(
-                        f"{getattr(model, 'name', 'model')}: the loss became {loss.total.item()} at step {state.step} "
-                        f"(epoch {state.epoch}); {where}. Try a lower learning rate, grad_clip=1.0, or check the data for NaNs."
-                    )
+                watch.see(loss.total, state.step, state.epoch)
                 for k, v in loss.terms.items():
                     v = v.detach().float()
                     sums[k] = sums[k] + v if k in sums else v
@@ -287,6 +329,7 @@ def fit(
                 for cb in callbacks:
                     cb(ctx, loss)
                 if state.step % log_every == 0 or state.step == total:
+                    watch.raise_if_bad()
                     means = distributed.mean_across(torch.stack([v / count for v in sums.values()])) if sums else []
                     row = {k: v.item() for k, v in zip(sums, means)}
                     history.logs.append({"step": state.step, "epoch": state.epoch, **row})
@@ -309,6 +352,7 @@ def fit(
             break  # max_steps reached mid-epoch
         if eval_fn is not None and (not history.evals or history.evals[-1]["step"] != state.step):
             evaluate()
+        watch.raise_if_bad()
         save()
     finally:
         bar.close()
