@@ -224,3 +224,35 @@ def test_ae_linear_spans_pca_subspace_after_training():
     pcs = basis[:, :3]
     cosines = torch.linalg.svdvals(q.T @ pcs)  # cosines of the principal angles
     assert cosines.min() > 0.99
+
+
+READ_ON_THE_HOST = {
+    "cvae": "checks that integer labels lie in [0, n_classes), for a clear error",
+    "ss_vae": "splits each batch into its labelled and unlabelled rows",
+    "topdis": "draws the latent shift and builds the persistence term's spanning tree on the host",
+    "topdis_factor_vae": "draws the latent shift and builds the persistence term's spanning tree on the host",
+    "vq_vae": "lists the codes unused for dead_code_steps steps, to re-initialise them",
+}
+"""Models whose training step reads tensor values on the host (on CUDA, a wait for the device), and why."""
+
+
+@pytest.mark.parametrize("name", aelab.list_models())
+def test_training_steps_on_cuda_do_not_wait_for_the_device(name, as_on_cuda, host_reads):
+    """Through ``fit``, after its first step a model's training step reads no tensor value on the host
+    (run here on the CPU along the CUDA paths), unless READ_ON_THE_HOST says why it must."""
+    aelab.seed_everything(0)
+    model = aelab.build(name, **SMALL[name][0])
+    per_step: list[list[str]] = []
+
+    def mark(ctx, loss):
+        per_step.append(sorted(set(host_reads.calls)))
+        host_reads.calls.clear()
+
+    with host_reads:
+        aelab.fit(model, batch_for(model, n=64), max_steps=5, batch_size=16, log_every=100, progress=False,
+                  callbacks=[mark], device="cpu")
+    reads = [calls for calls in per_step[1:] if calls]
+    if name in READ_ON_THE_HOST:
+        assert reads, f"{name} no longer reads values on the host: remove it from READ_ON_THE_HOST"
+    else:
+        assert not reads, f"{name}'s training step reads tensor values on the host: {reads[0]}"

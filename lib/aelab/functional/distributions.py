@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from aelab.functional._device import as_tensor_like
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -63,8 +65,7 @@ def kl_normal(
 
 def log_normal(z: Tensor, mu: Tensor | float = 0.0, logvar: Tensor | float = 0.0) -> Tensor:
     """log N(z; mu, diag exp(logvar)), summed over every non-batch dimension: (B, ...) -> (B,)."""
-    mu = torch.as_tensor(mu, dtype=z.dtype, device=z.device)
-    logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
+    mu, logvar = as_tensor_like(mu, z), as_tensor_like(logvar, z)
     lp = -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar))
     return _sum_except_batch(torch.broadcast_tensors(lp, z)[0])  # a float mu/logvar still sums over z's shape
 
@@ -101,7 +102,7 @@ def laplace_log_likelihood(x: Tensor, loc: Tensor, log_scale: Tensor | float = 0
     """
     if x.shape != loc.shape:
         raise ValueError(f"x and loc must have the same shape, got {tuple(x.shape)} and {tuple(loc.shape)}")
-    log_scale = torch.as_tensor(log_scale, dtype=x.dtype, device=x.device)
+    log_scale = as_tensor_like(log_scale, x)
     if log_scale.dim() > x.dim():
         raise ValueError(f"log_scale of shape {tuple(log_scale.shape)} does not broadcast to x of shape {tuple(x.shape)}")
     lp = -(x - loc).abs() * torch.exp(-log_scale) - math.log(2.0) - log_scale  # (B, ...): x's shape

@@ -45,7 +45,9 @@ def codebook_perplexity(indices: Tensor, n_codes: int) -> Tensor:
     1 when every vector picks the same code, n_codes when all codes are used equally: the effective
     number of codes in use.
     """
-    p = torch.bincount(indices.flatten(), minlength=n_codes).float() / indices.numel()
+    flat = indices.flatten()  # counted by an index sum: bincount on CUDA reads the largest index first (a wait)
+    p = torch.zeros(n_codes, device=flat.device).index_add_(0, flat, torch.ones((), device=flat.device).expand(flat.numel()))
+    p = p / flat.numel()
     return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
 
 

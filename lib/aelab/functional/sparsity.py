@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from aelab.functional._device import as_tensor_like
+
 
 def topk_activation(pre: Tensor, k: int) -> Tensor:
     """Keep the k largest entries of each row, zero the rest: (B, d) -> (B, d).
@@ -691,7 +693,7 @@ def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
 def _check_threshold(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
     if bandwidth <= 0:
         raise ValueError(f"the kernel bandwidth epsilon must be > 0, got {bandwidth}")
-    threshold = torch.as_tensor(threshold, dtype=z.dtype, device=z.device)
+    threshold = as_tensor_like(threshold, z)
     try:
         torch.broadcast_shapes(z.shape, threshold.shape)
     except RuntimeError:
@@ -754,7 +756,7 @@ def scaled_squared_error(x: Tensor, recon: Tensor, scale: Tensor | float = 1.0) 
     """
     if x.shape != recon.shape or x.dim() != 2:
         raise ValueError(f"x and its reconstruction must be (B, d) tensors of the same shape, got {tuple(x.shape)} and {tuple(recon.shape)}")
-    scale = torch.as_tensor(scale, dtype=torch.promote_types(x.dtype, recon.dtype), device=x.device)
+    scale = as_tensor_like(scale, x, torch.promote_types(x.dtype, recon.dtype))
     return _ScaledSquaredError.apply(x, recon, scale)
 
 

@@ -54,14 +54,11 @@ class BatchTopKSAE(TopKSAE):
     @torch.no_grad()
     def update_threshold(self, acts: Tensor) -> None:
         """Move theta towards the smallest positive activation kept in this training batch, acts (B, d_sae)."""
-        positive = acts[acts > 0]
-        if positive.numel() == 0:
-            return
-        smallest = positive.min().float()
-        if self.threshold < 0:
-            self.threshold.fill_(smallest)
-        else:
-            self.threshold.lerp_(smallest, self.config.threshold_momentum)
+        # in tensor operations only, so CUDA never waits to read a value: inf where nothing fired (theta kept),
+        # the first estimate where theta is still unset (negative), else the moving average
+        smallest = torch.where(acts > 0, acts, float("inf")).amin().float()
+        moved = torch.where(self.threshold < 0, smallest, torch.lerp(self.threshold, smallest, self.config.threshold_momentum))
+        self.threshold.copy_(torch.where(torch.isinf(smallest), self.threshold, moved))
 
     def after_step(self, x: Tensor, out: SAEOutput, ctx) -> None:
         super().after_step(x, out, ctx)

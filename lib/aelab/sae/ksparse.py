@@ -19,7 +19,7 @@ from torch import Tensor
 from aelab.functional import topk_activation
 from aelab.nn.base import Loss
 from aelab.registry import register
-from aelab.sae.base import SAE, SAEConfig, SAEOutput
+from aelab.sae.base import SAE, SAEConfig, SAEOutput, _key
 
 
 @dataclass
@@ -64,6 +64,7 @@ class KSparseAE(SAE):
         super().__init__(config)
         # the k of the current training step (set by train_step), saved so a resumed run continues
         self.register_buffer("k_current", torch.tensor(config.first_k if config.k_schedule_steps else config.k))
+        self._k_host: tuple[tuple[int, int], int] | None = None  # (key of k_current, its value) when known
 
     def k_schedule(self, step: int) -> int:
         """k at a training step: linear from k_start at step 0 to k at ``k_schedule_steps``, then k."""
@@ -75,14 +76,18 @@ class KSparseAE(SAE):
     def current_k(self) -> int:
         """The k forward uses: the schedule's in training, round(test_alpha k) in eval mode."""
         if self.training:
-            return int(self.k_current)
+            if self._k_host is None or self._k_host[0] != _key(self.k_current):  # read the buffer only after a change
+                self._k_host = (_key(self.k_current), int(self.k_current))  # that ``before_step`` did not make
+            return self._k_host[1]
         return min(self.config.d_sae, round(self.config.test_alpha * self.config.k))
 
     def activation(self, pre: Tensor) -> Tensor:
         return topk_activation(pre, self.current_k())
 
     def before_step(self, x: Tensor, ctx) -> None:
-        self.k_current.fill_(self.k_schedule(ctx.step))
+        k = self.k_schedule(ctx.step)
+        self.k_current.fill_(k)
+        self._k_host = (_key(self.k_current), k)  # what the buffer now holds, known without reading it (a wait on CUDA)
 
     def loss(self, batch, out: SAEOutput, sparsity_scale: float = 1.0) -> Loss:
         """||x - x_hat||^2: summed over d_in, mean over the batch (no sparsity term; ``sparsity_scale`` is unused).
@@ -92,5 +97,5 @@ class KSparseAE(SAE):
         x = self.inputs(batch)
         err = self.reconstruction_error(x, out.recon)
         terms = self.common_terms(x, out, err)
-        terms["k"] = torch.tensor(float(self.current_k()), device=x.device)
+        terms["k"] = torch.full((), float(self.current_k()), device=x.device)  # a fill, not a copy from the host
         return Loss(err.mean(), terms)

@@ -104,7 +104,7 @@ class BetaVAE(VAE):
         kl = kl_normal(out.mu, out.logvar).mean()
         if not cfg.anneal_capacity:
             return Loss(recon + cfg.beta * kl, {"recon": recon, "kl": kl})
-        capacity = torch.tensor(self.capacity(), dtype=kl.dtype, device=kl.device)
+        capacity = torch.full((), self.capacity(), dtype=kl.dtype, device=kl.device)  # a fill on the device, not a copy
         total = recon + cfg.gamma * (kl - capacity).abs()
         return Loss(total, {"recon": recon, "kl": kl, "capacity": capacity})
 

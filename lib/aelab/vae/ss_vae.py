@@ -249,7 +249,7 @@ class SSVAE(CVAE):
         neg_elbo = -(elbo_lab.sum() + elbo_unl.sum()) / b
         total = neg_elbo + self.config.alpha * ce / b
         return Loss(total, {"neg_elbo": neg_elbo.detach(), "recon": recon_sum.detach() / b, "kl_z": kl_sum.detach() / b,
-                            "class": ce.detach() / b, "labelled": torch.tensor(n_lab / b)})
+                            "class": ce.detach() / b, "labelled": torch.full((), n_lab / b, device=ce.device)})  # with the other terms
 
     @torch.no_grad()
     def predict(self, x: Tensor, batch_size: int = 1000) -> Tensor:
