@@ -76,8 +76,8 @@ class KSparseAE(SAE):
     def current_k(self) -> int:
         """The k forward uses: the schedule's in training, round(test_alpha k) in eval mode."""
         if self.training:
-            if self._k_host is None or self._k_host[0] != _key(self.k_current):  # read the buffer only after a change
-                self._k_host = (_key(self.k_current), int(self.k_current))  # that ``before_step`` did not make
+            if self._k_host is None or self._k_host[0] != _key(self.k_current):  # changed other than by before_step
+                self._k_host = (_key(self.k_current), int(self.k_current))
             return self._k_host[1]
         return min(self.config.d_sae, round(self.config.test_alpha * self.config.k))
 

@@ -275,10 +275,11 @@ def fit(
     def save() -> None:
         nonlocal last_good
         history.seconds = seconds_before + time.perf_counter() - started
-        if ckpt_path is not None and distributed.rank() == 0:
-            watch.raise_if_bad()
-            save_checkpoint(ckpt_path, model, optimizers, state, history.to_dict(), epoch_rng)
-            last_good = ckpt_path
+        if ckpt_path is not None:
+            watch.raise_if_bad()  # in every process, as at the log rows
+            if distributed.rank() == 0:
+                save_checkpoint(ckpt_path, model, optimizers, state, history.to_dict(), epoch_rng)
+                last_good = ckpt_path
 
     def evaluate() -> None:
         if eval_fn is None:
