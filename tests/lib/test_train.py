@@ -87,7 +87,12 @@ def test_schedule_sets_learning_rate_and_helpers():
     assert [g(s) for s in range(6)] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
 
 
-def test_resume_continues_exactly_where_training_stopped(tmp_path):
+def small_conv_vae():  # trained in the channels-last layout on a CPU
+    return aelab.build("beta_vae", input_shape=(1, 28, 28), channels=4, hidden=(16,), latent_dim=3)
+
+
+@pytest.mark.parametrize("small_vae", [small_vae, small_conv_vae], ids=["mlp", "conv"])
+def test_resume_continues_exactly_where_training_stopped(tmp_path, small_vae):
     x = data()[0]
     aelab.seed_everything(1)
     straight = small_vae()
