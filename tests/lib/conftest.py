@@ -21,7 +21,8 @@ class HostReads(TorchDispatchMode):
     """Records each operator that reads a tensor's value on the host, or sizes its output by the values
     (``bool(t)``, ``.item()``, ``nonzero``, ``bincount``, ...): on a CUDA tensor each one makes the host
     wait until the device has run everything queued before it. Seen at the dispatcher, so the
-    operators of backward passes count too."""
+    operators of backward passes count too. Copies of host values to the device (``torch.tensor(v,
+    device="cuda")``), which wait too, look like CPU work here: the ``gpu`` tests' sync debug mode sees them."""
 
     WAITS = {"_local_scalar_dense", "nonzero", "bincount", "masked_select", "unique", "_unique", "_unique2",
              "unique_consecutive", "unique_dim", "histc", "repeat_interleave"}
