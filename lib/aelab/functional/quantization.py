@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from aelab.functional._device import index_counts
+
 
 def _check(z: Tensor, codebook: Tensor) -> None:
     if z.dim() != 2 or codebook.dim() != 2 or z.shape[1] != codebook.shape[1]:
@@ -45,9 +47,7 @@ def codebook_perplexity(indices: Tensor, n_codes: int) -> Tensor:
     1 when every vector picks the same code, n_codes when all codes are used equally: the effective
     number of codes in use.
     """
-    flat = indices.flatten()  # counted by an index sum: bincount on CUDA reads the largest index first (a wait)
-    p = torch.zeros(n_codes, device=flat.device).index_add_(0, flat, torch.ones((), device=flat.device).expand(flat.numel()))
-    p = p / flat.numel()
+    p = index_counts(indices, n_codes) / indices.numel()
     return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from aelab.functional._device import as_tensor_like
+from aelab.functional._device import as_tensor_like, index_counts
 
 
 def topk_activation(pre: Tensor, k: int) -> Tensor:
@@ -132,8 +132,7 @@ class _ByLatent:
         self.order = torch.argsort(code.latents.to(index), stable=True)
         self.rows = code.examples[self.order].to(index)
         self.crow = torch.zeros(code.d_sae + 1, dtype=index, device=code.latents.device)
-        # entries per latent by an index sum (as fast as bincount on a CPU, which on CUDA reads the largest index first: a wait)
-        self.crow[1:].index_add_(0, code.latents, torch.ones((), dtype=index, device=self.crow.device).expand(code.latents.numel())).cumsum_(0)
+        torch.cumsum(index_counts(code.latents, code.d_sae, index), 0, out=self.crow[1:])
 
     def sum(self, weights: Tensor, dense: Tensor) -> Tensor:
         values = weights.flatten()[self.order].to(dense.dtype)

@@ -182,17 +182,15 @@ class _DeadWatch:
 
     def none_dead(self, steps_since_fired: Tensor, dead_steps: int) -> bool:
         """True: no latent is dead now. False: some latent is, or may be (read ``dead_latents()``)."""
-        if _key(steps_since_fired) == self.key:
-            valid = [f for f in self.flags if self.count - f[0] <= self.LAG]
-            if valid:
-                ready = [f for f in valid if f[2] is None or f[2].query()]
-                _, host, event = ready[-1] if ready else valid[0]
-                if event is not None and not ready:
-                    event.synchronize()
-                if not bool(host):
-                    return True
-                if not _env.host_sync_is_cheap(steps_since_fired.device):
-                    return False
+        if _key(steps_since_fired) == self.key and self.flags:  # ``record`` keeps the flags of the last LAG steps only
+            ready = [f for f in self.flags if f[2] is None or f[2].query()]
+            _, host, event = ready[-1] if ready else self.flags[0]
+            if event is not None and not ready:
+                event.synchronize()
+            if not bool(host):
+                return True
+            if not _env.host_sync_is_cheap(steps_since_fired.device):
+                return False
         return not bool((steps_since_fired >= dead_steps).any())
 
 
@@ -212,7 +210,7 @@ class SAE(Model):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.register_buffer("steps_since_fired", torch.zeros(config.d_sae, dtype=torch.long))
         self._dead_watch = _DeadWatch()
-        self._initialized_key: tuple[int, int] | None = None  # the key of ``initialized`` when last read True
+        self._host_values: dict[str, tuple[tuple[int, int], Any]] = {}  # buffer name -> (its key, its value)
 
     # -- the model ---------------------------------------------------------------------------------
     def decoder_weight(self) -> Tensor:
@@ -301,11 +299,26 @@ class SAE(Model):
             self.b_dec.copy_(geometric_median(x_n))
         elif self.config.init_b_dec == "mean":
             self.b_dec.copy_(x_n.mean(0))
-        self.initialized.fill_(True)
+        self.fill_buffer("initialized", True)
 
     def dead_latents(self) -> Tensor:
         """Latents that fired on no example for ``dead_steps`` consecutive training steps, (d_sae,) bool."""
         return self.steps_since_fired >= self.config.dead_steps
+
+    def read_buffer(self, name: str) -> Any:
+        """The 0-dim buffer ``name`` as a Python value, read from the device only when it changed since this
+        model last read or filled it (seen by the tensor's object and version): once, not every step, which
+        on CUDA would make the host wait for the device each time."""
+        t, known = getattr(self, name), self._host_values.get(name)
+        if known is None or known[0] != _key(t):
+            known = self._host_values[name] = (_key(t), t.item())
+        return known[1]
+
+    def fill_buffer(self, name: str, value: Any) -> None:
+        """Fill the 0-dim buffer ``name`` with ``value``, which ``read_buffer`` then returns without a read."""
+        t = getattr(self, name)
+        t.fill_(value)
+        self._host_values[name] = (_key(t), value)
 
     def surely_no_dead_latents(self) -> bool:
         """True when no latent is dead; False when some latent is, or may be (then read ``dead_latents()``).
@@ -330,10 +343,8 @@ class SAE(Model):
     def train_step(self, batch: Any, ctx) -> Loss:
         """``initialize`` on the first batch, forward, loss with the warmed-up sparsity coefficient, update, ``after_step``."""
         x = self.check_input(self.inputs(batch))
-        if self._initialized_key != _key(self.initialized):  # read the flag once, not every step (a wait on CUDA)
-            if not bool(self.initialized):
-                self.initialize(distributed.all_gather_rows(x))  # the whole batch when processes share it
-            self._initialized_key = _key(self.initialized)
+        if not self.read_buffer("initialized"):
+            self.initialize(distributed.all_gather_rows(x))  # the whole batch when processes share it
         self.before_step(x, ctx)
         with ctx.autocast():
             out = ctx.model(*self.forward_args(batch))

@@ -19,7 +19,7 @@ from torch import Tensor
 from aelab.functional import topk_activation
 from aelab.nn.base import Loss
 from aelab.registry import register
-from aelab.sae.base import SAE, SAEConfig, SAEOutput, _key
+from aelab.sae.base import SAE, SAEConfig, SAEOutput
 
 
 @dataclass
@@ -64,7 +64,6 @@ class KSparseAE(SAE):
         super().__init__(config)
         # the k of the current training step (set by train_step), saved so a resumed run continues
         self.register_buffer("k_current", torch.tensor(config.first_k if config.k_schedule_steps else config.k))
-        self._k_host: tuple[tuple[int, int], int] | None = None  # (key of k_current, its value) when known
 
     def k_schedule(self, step: int) -> int:
         """k at a training step: linear from k_start at step 0 to k at ``k_schedule_steps``, then k."""
@@ -76,18 +75,14 @@ class KSparseAE(SAE):
     def current_k(self) -> int:
         """The k forward uses: the schedule's in training, round(test_alpha k) in eval mode."""
         if self.training:
-            if self._k_host is None or self._k_host[0] != _key(self.k_current):  # changed other than by before_step
-                self._k_host = (_key(self.k_current), int(self.k_current))
-            return self._k_host[1]
+            return int(self.read_buffer("k_current"))
         return min(self.config.d_sae, round(self.config.test_alpha * self.config.k))
 
     def activation(self, pre: Tensor) -> Tensor:
         return topk_activation(pre, self.current_k())
 
     def before_step(self, x: Tensor, ctx) -> None:
-        k = self.k_schedule(ctx.step)
-        self.k_current.fill_(k)
-        self._k_host = (_key(self.k_current), k)  # what the buffer now holds, known without reading it (a wait on CUDA)
+        self.fill_buffer("k_current", self.k_schedule(ctx.step))
 
     def loss(self, batch, out: SAEOutput, sparsity_scale: float = 1.0) -> Loss:
         """||x - x_hat||^2: summed over d_in, mean over the batch (no sparsity term; ``sparsity_scale`` is unused).
