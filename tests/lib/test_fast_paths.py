@@ -148,6 +148,8 @@ def test_row_topk_by_groups_equals_torch_topk(dtype):
         pre = torch.randn(B, d_sae, dtype=dtype)
         pre[1] = pre[1].round()  # many ties: the values still agree, in order
         pre[2, : d_sae // 2] = 5.0  # more maxima than k, all in a few groups
+        if B > 3:  # the top 2k in adjacent columns: one or two groups
+            pre[3, 16: 16 + 2 * k] = 10 + torch.arange(2 * k, dtype=dtype)
         values, indices = sparsity._row_topk(pre, k)
         ref = torch.topk(pre, k, dim=-1)
         assert torch.equal(values, ref.values), (B, d_sae, k)

@@ -36,13 +36,14 @@ def topk_activation(pre: Tensor, k: int) -> Tensor:
 def _row_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """``torch.topk(pre, k, dim=-1)`` for a (B, d_sae) CPU tensor, by a first pass over groups.
 
-    The columns are split into G = 8k strided groups (column j in group j mod G); only the k groups
-    with the largest maxima can hold a top-k entry (a group outside them with an entry above the
-    k-th largest value would make k + 1 group maxima above it). The smallest of those k maxima, t,
-    is at most the k-th largest value (the k maxima are k entries >= t), so the top k are among the
+    The columns are split into G = 8k groups of d_sae / G adjacent columns; only the k groups with
+    the largest maxima can hold a top-k entry (a group outside them with an entry above the k-th
+    largest value would make k + 1 group maxima above it). The smallest of those k maxima, t, is at
+    most the k-th largest value (the k maxima are k entries >= t), so the top k are among the
     entries >= t of those k groups: at least k of them (the maxima), typically a few more. One max
-    over the groups, a top-k of the G maxima, and a top-k over each row's entries >= t, packed into
-    a (B, w) buffer (w the largest count, padded with -inf), give the same values, in the same
+    pooling over the groups, a top-k of the G maxima, a copy of the k groups (whole rows of the
+    (B G, d_sae / G) view, so contiguous runs), and a top-k over each row's entries >= t, packed
+    into a (B, w) buffer (w the largest count, padded with -inf), give the same values, in the same
     order; among tied values the indices may differ. Used for fp32 and fp64, where ties are rare
     (bf16 and fp16 codes tie often, and their indices should not depend on the path); falls back to
     ``torch.topk`` there, off the CPU, and where the shape does not split (d_sae not a multiple of G,
@@ -52,26 +53,25 @@ def _row_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     B, d_sae = pre.shape
     G = 8 * k
     if (pre.device.type != "cpu" or pre.dtype not in (torch.float32, torch.float64) or d_sae % G or d_sae // G < 4
-            or not pre.is_contiguous()):
+            or not pre.is_contiguous() or B == 0):
         return torch.topk(pre, k, dim=-1)
-    per_group = d_sae // G
-    grouped = pre.view(B, per_group, G)  # grouped[b, i, c] = pre[b, c + G i]
-    maxima, groups = torch.topk(grouped.amax(1), k, dim=-1, sorted=False)  # (B, k)
-    candidates = grouped.gather(2, groups.unsqueeze(1).expand(B, per_group, k)).view(B, per_group * k)
+    per_group = d_sae // G  # group c: columns c per_group ... (c + 1) per_group - 1, row b G + c of the view below
+    group_max = torch.nn.functional.max_pool1d(pre.view(B, 1, d_sae), per_group).view(B, G)  # NaN propagates, as amax
+    maxima, groups = torch.topk(group_max, k, dim=-1, sorted=False)  # (B, k)
+    rows = groups + torch.arange(0, B * G, G, device=pre.device).unsqueeze(1)
+    candidates = pre.view(B * G, per_group).index_select(0, rows.view(-1)).view(B, k * per_group)
     t = maxima.amin(1, keepdim=True)
-    if B == 0 or not bool(torch.isfinite(t).all()):
+    if not bool(torch.isfinite(t).all()):
         values, pos = torch.topk(candidates, k, dim=-1)
     else:
-        width = per_group * k
-        entries = _Code((candidates >= t).view(-1).nonzero().squeeze(1), width, B)  # row-major, with each row's run start
+        entries = _Code((candidates >= t).view(-1).nonzero().squeeze(1), k * per_group, B)  # row-major, with each row's run start
         E = entries.flat.numel()
         w = int(torch.diff(entries.offsets, append=entries.offsets.new_tensor([E])).max())
         slot = entries.examples * w + torch.arange(E, device=pre.device) - entries.offsets[entries.examples]
         packed = candidates.new_full((B * w,), float("-inf")).index_put_((slot,), candidates.view(-1).take(entries.flat))
-        packed_cols = torch.zeros(B * w, dtype=torch.long, device=pre.device).index_put_((slot,), entries.latents)
-        values, s = torch.topk(packed.view(B, w), k, dim=-1)  # every row has >= k entries > -inf (t finite)
-        pos = packed_cols.view(B, w).gather(1, s)
-    return values, groups.gather(1, pos % k) + G * torch.div(pos, k, rounding_mode="floor")
+        values, s = torch.topk(packed.view(B, w), k, dim=-1)  # every row has >= k entries > -inf (t finite): s < its count
+        pos = entries.latents.take(entries.offsets.unsqueeze(1) + s)  # the entry in slot s of row b is entry offsets[b] + s
+    return values, groups.gather(1, torch.div(pos, per_group, rounding_mode="floor")) * per_group + pos % per_group
 
 
 class _Code:
