@@ -144,7 +144,8 @@ def test_topk_sparse_path_builds_the_dense_code_only_when_read():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_row_topk_by_groups_equals_torch_topk(dtype):
     torch.manual_seed(0)
-    for B, d_sae, k in [(7, 256, 4), (5, 512, 8), (3, 96, 3), (4, 64, 4)]:  # the last falls back (2 per group)
+    # groups of 8, 8, 4 (max pooling) and 32 (a max over the last dimension); the last shape falls back (2 per group)
+    for B, d_sae, k in [(7, 256, 4), (5, 512, 8), (3, 96, 3), (6, 1024, 4), (4, 64, 4)]:
         pre = torch.randn(B, d_sae, dtype=dtype)
         pre[1] = pre[1].round()  # many ties: the values still agree, in order
         pre[2, : d_sae // 2] = 5.0  # more maxima than k, all in a few groups
@@ -158,12 +159,13 @@ def test_row_topk_by_groups_equals_torch_topk(dtype):
             assert torch.equal(indices[row], ref.indices[row])
 
 
+@pytest.mark.parametrize("d_sae, k", [(512, 8), (1024, 4)])  # groups of 8 (max pooling) and 32
 @pytest.mark.parametrize("special", ["nan", "inf", "-inf", "all -inf"])
-def test_row_topk_by_groups_with_non_finite_entries_agrees_with_torch_topk(special):
+def test_row_topk_by_groups_with_non_finite_entries_agrees_with_torch_topk(special, d_sae, k):
     """A NaN or infinite pre-activation makes the threshold of the packed step not finite (or not
     useful): the top-k of the groups' entries is taken directly, with torch.topk's values."""
     torch.manual_seed(1)
-    B, d_sae, k = 6, 512, 8
+    B = 6
     pre = torch.randn(B, d_sae)
     if special == "all -inf":
         pre[3] = float("-inf")
