@@ -40,8 +40,8 @@ def _row_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     the largest maxima can hold a top-k entry (a group outside them with an entry above the k-th
     largest value would make k + 1 group maxima above it). The smallest of those k maxima, t, is at
     most the k-th largest value (the k maxima are k entries >= t), so the top k are among the
-    entries >= t of those k groups: at least k of them (the maxima), typically a few more. One max
-    pooling over the groups, a top-k of the G maxima, a copy of the k groups (whole rows of the
+    entries >= t of those k groups: at least k of them (the maxima), typically a few more. One pass
+    for the groups' maxima, a top-k of the G maxima, a copy of the k groups (whole rows of the
     (B G, d_sae / G) view, so contiguous runs), and a top-k over each row's entries >= t, packed
     into a (B, w) buffer (w the largest count, padded with -inf), give the same values, in the same
     order; among tied values the indices may differ. Used for fp32 and fp64, where ties are rare
