@@ -21,7 +21,16 @@ from aelab.sae.base import code_fired, code_l0
 from aelab.train.loop import StepContext
 
 
-def test_topk_encode_matches_topk_values_and_gradients(float64):
+@pytest.fixture(params=["one block", "a block per example"])
+def blocks(request, monkeypatch):
+    """Both orders of the backward's entries: one CSR product over the batch, or a product per block of
+    examples (what a large batch gets on a CPU), here blocks of one example, so some are empty."""
+    if request.param != "one block":
+        monkeypatch.setattr(sparsity, "_BLOCK_BYTES", 0)
+    return request.param
+
+
+def test_topk_encode_matches_topk_values_and_gradients(float64, blocks):
     x, W, b = torch.randn(6, 5), torch.randn(5, 20), torch.randn(20)
     for use_pre in (False, True):  # only the kept values reach the loss, or the dense pre-activations too (AuxK)
         leaves = [t.clone().requires_grad_() for t in (x, W, b)]
@@ -40,7 +49,7 @@ def test_topk_encode_matches_topk_values_and_gradients(float64):
         topk_encode(x, W, b, 21)
 
 
-def test_sparse_decode_matches_the_dense_product(float64):
+def test_sparse_decode_matches_the_dense_product(float64, blocks):
     values, W = torch.randn(7, 4, requires_grad=True), torch.randn(30, 6, requires_grad=True)
     indices = torch.stack([torch.randperm(30)[:4] for _ in range(7)])
     out = sparse_decode(values, indices, W)
@@ -58,7 +67,7 @@ def test_sparse_decode_matches_the_dense_product(float64):
 
 @pytest.mark.parametrize("pre_bias", [True, False])
 @pytest.mark.parametrize("reads", ["decoded", "decoded+values", "decoded+pre", "values"])
-def test_topk_sae_code_matches_the_autograd_lines(float64, pre_bias, reads):
+def test_topk_sae_code_matches_the_autograd_lines(float64, pre_bias, reads, blocks):
     """Values and every gradient of the fused TopK forward equal topk + ReLU + a dense decoder product with autograd."""
     torch.manual_seed(0)
     B, d_in, d_sae, k = 9, 5, 40, 4
@@ -240,11 +249,33 @@ def test_code_nonzeros_lists_entries_in_row_order():
     assert torch.equal(code.flat, torch.tensor([1, 3, 8, 10]))
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 64])
+def test_by_latent_orders_entries_by_block_latent_example_and_sums_like_dense_products(float64, monkeypatch, rows):
+    """The backward's order of a code's entries, for blocks of ``rows`` examples (uneven, empty, or one block)."""
+    B, d_sae, width = 11, 30, 5
+    acts = torch.randn(B, d_sae).relu() * (torch.rand(B, d_sae) < 0.2)
+    acts[4:7] = 0.0  # examples without entries: with blocks of 1 or 2 rows, whole blocks are empty
+    monkeypatch.setattr(sparsity, "_BLOCK_BYTES", 4 * width * rows)
+    code = sparsity._Code.nonzeros(acts)
+    entries = code.by_latent(width)
+    assert len(entries.blocks) == -(-B // rows) and code.by_latent(width) is entries, "sorted once"
+    key = [(b // rows, j, b) for b, j in zip(entries.examples.tolist(), entries.latents.tolist())]
+    assert key == sorted(key) and len(key) == code.flat.numel()
+    assert torch.equal(entries.values, acts.view(-1)[entries.flat]) and torch.equal(entries.flat, code.flat[entries.order])
+    assert torch.equal(entries.row_major(entries.take(code.values)), code.values)
+    dense, grad, W = torch.randn(B, width), torch.randn(B, width), torch.randn(d_sae, width)
+    torch.testing.assert_close(entries.sum(entries.values, dense), acts.T @ dense)
+    torch.testing.assert_close(sparsity._bag_weight_grad(grad, W, entries),
+                               (grad[entries.examples] * W[entries.latents]).sum(1))
+    empty = sparsity._Code.nonzeros(torch.zeros(0, d_sae)).by_latent(width)
+    assert torch.equal(empty.sum(empty.values, torch.zeros(0, width)), torch.zeros(d_sae, width))
+
+
 @pytest.mark.parametrize("pre_bias", [True, False])
 @pytest.mark.parametrize("use_pre", [False, True])
 @pytest.mark.parametrize("weighted", [True, False])
 @pytest.mark.parametrize("path", ["dense", "sparse"])
-def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre, weighted, path, sparse_steps):
+def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre, weighted, path, sparse_steps, blocks):
     x, b_dec = torch.randn(9, 6), torch.randn(6)
     W_enc, b_enc, W_dec = torch.randn(6, 40), torch.randn(40), torch.randn(40, 6)
     if path == "sparse":  # about 10% of the code non-zero, and one example with none
@@ -287,7 +318,7 @@ def test_relu_sae_code_matches_autograd(float64, pre_bias, use_pre, weighted, pa
 @pytest.mark.parametrize("pre_bias", [True, False])
 @pytest.mark.parametrize("use_pre", [False, True])
 @pytest.mark.parametrize("path", ["dense", "sparse"])
-def test_jumprelu_sae_code_matches_autograd(float64, pre_bias, use_pre, path, sparse_steps):
+def test_jumprelu_sae_code_matches_autograd(float64, pre_bias, use_pre, path, sparse_steps, blocks):
     eps = 0.3
     x, b_dec = torch.randn(9, 6), torch.randn(6)
     W_enc, b_enc, W_dec, theta = torch.randn(6, 40), torch.randn(40), torch.randn(40, 6), torch.rand(40) + 0.05
