@@ -80,16 +80,33 @@ def _row_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return values, groups.gather(1, torch.div(pos, per_group, rounding_mode="floor")) * per_group + pos % per_group
 
 
-class _Code:
+class _Entries:
+    """Entries (b, j) of a sparse (B, d_sae) code: ``examples`` b and ``latents`` j (E,), and their flat
+    positions b d_sae + j, made when first read."""
+
+    examples: Tensor
+    latents: Tensor
+    d_sae: int
+    _flat: Tensor | None = None
+
+    @property
+    def flat(self) -> Tensor:
+        if self._flat is None:
+            self._flat = self.examples * self.d_sae + self.latents
+        return self._flat
+
+
+class _Code(_Entries):
     """The entries of a sparse (B, d_sae) code in row-major order: their flat positions b d_sae + j (E,),
     each one's example b and latent j, its value (or None), and the offsets (B,) where each example's
-    run starts (the bags of an embedding bag). ``by_latent(width)`` puts them in the backward's order, once."""
+    run starts (the bags of an embedding bag). ``by_latent(width)`` puts them in the backward's order, once.
+    Made from the flat positions, or from ``examples`` and ``latents`` (``flat=None``)."""
 
-    def __init__(self, flat: Tensor, d_sae: int, B: int, values: Tensor | None = None,
-                 examples: Tensor | None = None, offsets: Tensor | None = None):
-        self.flat, self.values, self.d_sae, self.B = flat, values, d_sae, B
+    def __init__(self, flat: Tensor | None, d_sae: int, B: int, values: Tensor | None = None,
+                 examples: Tensor | None = None, offsets: Tensor | None = None, latents: Tensor | None = None):
+        self._flat, self.values, self.d_sae, self.B = flat, values, d_sae, B
         self.examples = torch.div(flat, d_sae, rounding_mode="floor") if examples is None else examples
-        self.latents = flat - self.examples * d_sae
+        self.latents = flat - self.examples * d_sae if latents is None else latents
         if offsets is None:
             offsets = torch.zeros(B, dtype=torch.long, device=flat.device)
             torch.cumsum(torch.bincount(self.examples, minlength=B)[:-1], 0, out=offsets[1:])
@@ -110,8 +127,8 @@ class _Code:
         """The k entries per example of a top-k code, from its indices (B, k) (and values (B, k))."""
         B, k = indices.shape
         examples = torch.arange(B, device=indices.device).repeat_interleave(k)
-        return cls(examples * d_sae + indices.flatten(), d_sae, B, None if values is None else values.flatten(),
-                   examples=examples, offsets=torch.arange(0, B * k, k, device=indices.device))
+        return cls(None, d_sae, B, None if values is None else values.flatten(), examples=examples,
+                   offsets=torch.arange(0, B * k, k, device=indices.device), latents=indices.flatten())
 
     def by_latent(self, width: int) -> _ByLatent:
         """The entries in the order of the backward's sums against (B, ``width``) dense operands."""
@@ -128,11 +145,11 @@ _BLOCK_BYTES = 3 << 19
 2048 rows took 12.2, 11.0 and 13.9 ms for the sort, the per-entry gradient and both products."""
 
 
-class _ByLatent:
+class _ByLatent(_Entries):
     """The entries of a sparse code in the order of the backward pass: by block of examples, then by
     latent, then by example. A (d_sae, B) sparse matrix in CSR form, one per block, sorted once.
 
-    ``flat``, ``examples``, ``latents``, ``values`` are the code's, permuted by ``order`` (each entry's
+    ``examples``, ``latents``, ``values`` (and ``flat``) are the code's, permuted by ``order`` (each entry's
     position in the code's row-major list); ``take`` permutes any per-entry tensor the same way, and
     ``row_major`` permutes back. Per-entry quantities are computed in this order, so the CSR products
     use them without a permutation.
@@ -155,17 +172,17 @@ class _ByLatent:
 
     def __init__(self, code: _Code, width: int):
         self.code, self.width, self.B, self.d_sae = code, width, code.B, code.d_sae
-        B, d_sae, E = code.B, code.d_sae, code.flat.numel()
-        rows = max(1, _BLOCK_BYTES // (4 * max(1, width))) if code.flat.device.type == "cpu" else max(1, B)
+        B, d_sae, E = code.B, code.d_sae, code.latents.numel()
+        rows = max(1, _BLOCK_BYTES // (4 * max(1, width))) if code.latents.device.type == "cpu" else max(1, B)
         n = max(1, -(-B // rows))
         key = code.latents if n == 1 else code.latents + d_sae * torch.div(code.examples, rows, rounding_mode="floor")
         # int32 indices where they fit: the sort is faster, and the CSR product needs no conversion
         index = torch.int32 if max(E, B, n * d_sae) < 2**31 else torch.long
         self.order = torch.argsort(key.to(index), stable=True)
-        self.flat, self.examples, self.latents = code.flat[self.order], code.examples[self.order], code.latents[self.order]
+        self.examples, self.latents = code.examples[self.order], code.latents[self.order]
         self.values = None if code.values is None else code.values[self.order]
         self.offsets = code.offsets  # the bags' starts, for embedding-bag kernels: they read each entry's example
-        crow = torch.zeros(n * d_sae + 1, dtype=index, device=code.flat.device)
+        crow = torch.zeros(n * d_sae + 1, dtype=index, device=code.latents.device)
         torch.cumsum(index_counts(key, n * d_sae, index), 0, out=crow[1:])
         bounds = crow[::d_sae].tolist() if n > 1 else [0, E]  # each block's first entry (one block: no read of the device)
         self.cols = (self.examples if n == 1 else self.examples % rows).to(index)  # the example within its block
@@ -182,13 +199,14 @@ class _ByLatent:
 
     def sum(self, weights: Tensor, dense: Tensor) -> Tensor:
         weights, dense = weights.to(dense.dtype), dense.contiguous()
-        out = None
+        out = dense.new_empty(self.d_sae, dense.shape[1])
         with warnings.catch_warnings():  # torch calls its CSR layout beta; this use is covered by tests against dense products
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            for first, end, crow, start, stop in self.blocks:
+            for c, (first, end, crow, start, stop) in enumerate(self.blocks):
                 A = torch.sparse_csr_tensor(crow, self.cols[start:stop], weights[start:stop], (self.d_sae, end - first),
                                             check_invariants=False)
-                out = A @ dense[first:end] if out is None else out.addmm_(A, dense[first:end])
+                # beta 0 for the first block: out's contents are not read (addmm's rule), so no zero fill; then accumulate
+                torch.addmm(out, A, dense[first:end], beta=0 if c == 0 else 1, out=out)
         return out
 
 
