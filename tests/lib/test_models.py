@@ -231,7 +231,6 @@ READ_ON_THE_HOST = {
     "ss_vae": "splits each batch into its labelled and unlabelled rows",
     "topdis": "draws the latent shift and builds the persistence term's spanning tree on the host",
     "topdis_factor_vae": "draws the latent shift and builds the persistence term's spanning tree on the host",
-    "vq_vae": "lists the codes unused for dead_code_steps steps, to re-initialise them",
 }
 """Models whose training step reads tensor values on the host (on CUDA, a wait for the device), and why."""
 

@@ -219,17 +219,22 @@ class VQVAE(Model):
         """Count the steps since each code was last used; re-initialise those unused for ``dead_code_steps``.
 
         A dead code gets a random row of z (N, D), this batch's encoder outputs; its EMA statistics
-        restart as one vector of that value. Returns the indices of the reset codes.
+        restart as one vector of that value. Returns the (K,) bool mask of the reset codes.
+
+        No value is read on the host (on CUDA, no wait for the device): every code draws a row and
+        only the dead ones take it, K D copies per step instead of a list of the dead codes.
         """
         used = torch.zeros_like(self.steps_unused, dtype=torch.bool)
         used[indices] = True
         self.steps_unused.add_(1).masked_fill_(used, 0)
-        dead = (self.steps_unused >= self.config.dead_code_steps).nonzero().squeeze(1)
-        if dead.numel():
-            fresh = z[torch.randint(0, z.shape[0], (dead.numel(),), device=z.device)].to(self.codebook.dtype)
-            self.codebook[dead] = fresh
-            if self.config.ema:
-                self.ema_cluster_size[dead] = 1.0
-                self.ema_embed_sum[dead] = fresh
-            self.steps_unused[dead] = 0
+        dead = self.steps_unused >= self.config.dead_code_steps
+        if z.shape[0] == 0:  # no encoder output to copy: the dead codes wait for the next batch
+            return torch.zeros_like(dead)
+        fresh = z[torch.randint(0, z.shape[0], dead.shape, device=z.device)]
+        take = dead.unsqueeze(1)
+        self.codebook.copy_(torch.where(take, fresh.to(self.codebook.dtype), self.codebook))
+        if self.config.ema:
+            self.ema_cluster_size.masked_fill_(dead, 1.0)
+            self.ema_embed_sum.copy_(torch.where(take, fresh.to(self.ema_embed_sum.dtype), self.ema_embed_sum))
+        self.steps_unused.masked_fill_(dead, 0)
         return dead
