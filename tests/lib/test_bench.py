@@ -201,7 +201,7 @@ def test_steps_are_given_in_the_faster_of_two_timings_of_the_encoder_product(mon
     monkeypatch.setattr(bench, "trained_sae", lambda kind, x, batch, d_sae, l0: aelab.build(f"sae_{kind}", d_in=x.shape[1], d_sae=d_sae))
     monkeypatch.setattr(bench, "saelens_topk_steps", lambda *a, **kw: (None, "not installed"))
     rows = {m["key"]: m for m in bench.sae_measure(quick=True, side=side)}
-    steps = "10.0" if side == "baseline" else "3.0"
+    steps = "10.00" if side == "baseline" else "3.00"
     assert rows["sae-topk-fp32"]["note"] == f"{side} step = {steps} encoder matmuls (fp32)"
     assert rows["sae-relu-trained-fp32"]["note"].startswith(f"{side} step = {steps} encoder matmuls (fp32)")
 
