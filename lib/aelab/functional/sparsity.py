@@ -171,7 +171,7 @@ class _ByLatent(_Entries):
     """
 
     def __init__(self, code: _Code, width: int):
-        self.code, self.width, self.B, self.d_sae = code, width, code.B, code.d_sae
+        self.code, self.width, self.d_sae = code, width, code.d_sae
         B, d_sae, E = code.B, code.d_sae, code.latents.numel()
         rows = max(1, _BLOCK_BYTES // (4 * max(1, width))) if code.latents.device.type == "cpu" else max(1, B)
         n = max(1, -(-B // rows))
