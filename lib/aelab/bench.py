@@ -48,7 +48,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -60,7 +59,7 @@ from torch import nn
 
 import aelab
 from aelab.functional import kl_normal
-from aelab.train.precision import AVX2_ENV
+from aelab.train.precision import AVX2_ENV, cpu_name
 
 
 class ExampleVAE(nn.Module):
@@ -578,16 +577,8 @@ def run(quick: bool, only: list[str] | None = None, same_process: bool = False, 
 
 def machine(device: str = "cpu") -> dict:
     """Where the numbers come from."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "device": name, "bf16_is_fast": aelab.train.bf16_is_fast(device)}
 
 

@@ -10,6 +10,7 @@ explorers show their starting image in a static viewer), and writes the wall tim
     AELAB_FAST=1 python -m aelab.lectures --no-write 02   # a quick check, notebook left untouched
     python -m aelab.lectures --timings-only       # time every lecture, notebooks left untouched
     python -m aelab.lectures --avx2               # time them as on a laptop CPU (lectures/timings_avx2.json)
+    python -m aelab.lectures --timings-only --timings-file mine.json   # time this machine, keep the course's file
 
 ``--avx2`` runs the kernels with torch, oneDNN and MKL limited to AVX2 and with ``AELAB_BF16=0`` (fp32
 training): on a server CPU with AVX-512 and AMX, the speed a student's laptop without either gets
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 
 from aelab.io import atomic_open
-from aelab.train.precision import AVX2_ENV
+from aelab.train.precision import AVX2_ENV, cpu_name
 
 
 def find(root: Path, prefixes: list[str]) -> list[Path]:
@@ -72,10 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--avx2", action="store_true",
                         help="time the lectures with torch, oneDNN and MKL limited to AVX2 and in fp32, as on a laptop CPU "
                              "(lectures/timings_avx2.json; the notebooks are left as they are)")
+    parser.add_argument("--timings-file", type=Path, default=None,
+                        help="write the timings to this JSON file instead of lectures/timings.json (or timings_avx2.json), "
+                             "e.g. to time another machine without replacing the course's reference timings")
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     mode = "fast" if os.environ.get("AELAB_FAST", "") not in ("", "0") else "full"
-    timings_file = root / "lectures" / ("timings_avx2.json" if args.avx2 else "timings.json")
+    timings_file = args.timings_file or root / "lectures" / ("timings_avx2.json" if args.avx2 else "timings.json")
     measured = {}
     for path in find(root, args.lectures):
         print(f"executing {path.name} ({mode} mode{', AVX2, fp32' if args.avx2 else ''}) ...", flush=True)
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write and mode == "full":
         # read just before writing, so that two runs of different lectures keep both results
         timings.update(measured)
-        timings["_machine"] = (f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        timings["_machine"] = (f"{cpu_name()} ({platform.machine()}), {torch.get_num_threads()} threads, torch {torch.__version__}"
                                + (", kernels limited to AVX2, fp32 (--avx2)" if args.avx2 else ""))
         with atomic_open(timings_file, "w") as f:
             json.dump(dict(sorted(timings.items())), f, indent=1)

@@ -223,6 +223,21 @@ def test_drop_last_skips_the_short_batch():
         aelab.fit(model, torch.randn(3, 3), batch_size=4, drop_last=True, progress=False, device="cpu")
 
 
+def test_cpu_name_and_flags_come_from_the_first_processor_in_cpuinfo(monkeypatch):
+    from aelab.train import precision
+
+    text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2 fma\n\n"
+            "processor\t: 1\nmodel name\t: Other CPU\nflags\t\t: fpu avx512f\n")
+    fields = precision._first_cpu(text)
+    assert fields["model name"] == "AMD EPYC 7B13" and fields["flags"] == "fpu avx2 fma" and fields["processor"] == "0"
+    assert precision._first_cpu("") == {}
+    monkeypatch.setattr(precision, "_cpuinfo", lambda field: precision._first_cpu(text).get(field))
+    assert precision.cpu_name() == "AMD EPYC 7B13"
+    assert precision._cpu_flags() == frozenset({"fpu", "avx2", "fma"})
+    monkeypatch.setattr(precision, "_cpuinfo", lambda field: None)  # no /proc/cpuinfo (not Linux)
+    assert precision._cpu_flags() == frozenset() and precision.cpu_name()
+
+
 def test_bf16_is_fast_reads_the_cpu_flags(monkeypatch):
     from aelab.train import precision
 

@@ -47,6 +47,20 @@ def test_timings_only_keeps_the_notebooks(tmp_path, monkeypatch):
     assert "01_a.ipynb" in json.loads((tmp_path / "lectures" / "timings.json").read_text())
 
 
+def test_timings_file_times_another_machine_without_touching_the_course_timings(tmp_path, monkeypatch):
+    from aelab.train.precision import cpu_name
+
+    monkeypatch.delenv("AELAB_FAST", raising=False)
+    tiny_course(tmp_path, ["01_a.ipynb"])
+    (tmp_path / "lectures" / "timings.json").write_text(json.dumps({"01_a.ipynb": 99.0}))
+    mine = tmp_path / "mine.json"
+    assert lectures.main(["--root", str(tmp_path), "--timings-only", "--timings-file", str(mine)]) == 0
+    timings = json.loads(mine.read_text())
+    assert "01_a.ipynb" in timings and timings["_machine"].startswith(cpu_name())
+    assert json.loads((tmp_path / "lectures" / "timings.json").read_text()) == {"01_a.ipynb": 99.0}
+    assert not nbformat.read(tmp_path / "lectures" / "01_a.ipynb", as_version=4).cells[0].outputs
+
+
 def test_avx2_times_lectures_with_kernels_limited_to_avx2_in_fp32(tmp_path, monkeypatch):
     monkeypatch.delenv("AELAB_FAST", raising=False)
     monkeypatch.delenv("AELAB_BF16", raising=False)

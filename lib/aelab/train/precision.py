@@ -12,16 +12,38 @@ import torch
 _NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
+def _first_cpu(cpuinfo: str) -> dict[str, str]:
+    """The fields of the first processor in the text of /proc/cpuinfo (its lines up to the first blank one)."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        name, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(name.strip(), value.strip())
+    return fields
+
+
 @functools.cache
+def _cpuinfo(field: str) -> str | None:
+    """The value of ``field`` for the first CPU in /proc/cpuinfo (Linux); None elsewhere or if absent."""
+    try:
+        return _first_cpu(Path("/proc/cpuinfo").read_text()).get(field)
+    except OSError:
+        return None
+
+
 def _cpu_flags() -> frozenset[str]:
     """The feature flags of the first CPU in /proc/cpuinfo (Linux); empty elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((_cpuinfo("flags") or "").split())
+
+
+def cpu_name() -> str:
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ..."), from /proc/cpuinfo on Linux, else
+    what ``platform`` knows: timings name the machine they come from."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 AVX2_ENV = {
