@@ -27,23 +27,23 @@ def _first_cpu(cpuinfo: str) -> dict[str, str]:
 
 
 @functools.cache
-def _cpuinfo(field: str) -> str | None:
-    """The value of ``field`` for the first CPU in /proc/cpuinfo (Linux); None elsewhere or if absent."""
+def _cpuinfo() -> dict[str, str]:
+    """The fields of the first CPU in /proc/cpuinfo (Linux), read once; empty elsewhere."""
     try:
-        return _first_cpu(Path("/proc/cpuinfo").read_text()).get(field)
+        return _first_cpu(Path("/proc/cpuinfo").read_text())
     except OSError:
-        return None
+        return {}
 
 
 def _cpu_flags() -> frozenset[str]:
     """The feature flags of the first CPU in /proc/cpuinfo (Linux); empty elsewhere."""
-    return frozenset((_cpuinfo("flags") or "").split())
+    return frozenset(_cpuinfo().get("flags", "").split())
 
 
 def cpu_name() -> str:
     """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ..."), from /proc/cpuinfo on Linux, else
     what ``platform`` knows: timings name the machine they come from."""
-    return _cpuinfo("model name") or platform.processor() or platform.machine()
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 AVX2_ENV = {
